@@ -1,0 +1,520 @@
+// sirius-local native core: models, sessions, batched evaluation, KV truncation and the decode loop over
+// llama.h. Errors become status codes with a thread-local message; llama.cpp's own error log lines are
+// captured so that the message says why llama.cpp refused something.
+
+#include "sirius.h"
+#include "text.h"
+
+#include "llama.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#ifndef SIRIUS_VERSION
+#define SIRIUS_VERSION "0.1.0"
+#endif
+#ifndef SIRIUS_LLAMA_SOURCE
+#define SIRIUS_LLAMA_SOURCE "unknown"
+#endif
+
+struct sirius_model {
+    llama_model *       model = nullptr;
+    const llama_vocab * vocab = nullptr;
+    int32_t             n_vocab = 0;
+};
+
+struct sirius_session {
+    sirius_model *           model = nullptr;
+    llama_context *          ctx = nullptr;
+    llama_batch              batch{};
+    uint32_t                 n_ctx = 0;    // the limit the caller asked for (llama.cpp pads its own up)
+    uint32_t                 n_batch = 0;
+    std::vector<llama_token> tokens;       // exactly the tokens whose KV is in the cache, positions 0..n-1
+};
+
+namespace {
+
+thread_local std::string t_last_error;
+
+std::mutex              g_log_mutex;
+std::deque<std::string> g_log_errors;  // recent llama.cpp error lines, for error messages
+std::string             g_log_line;    // error line being assembled from GGML_LOG_LEVEL_CONT pieces
+int                     g_log_level = GGML_LOG_LEVEL_NONE;
+int                     g_verbose = 0;
+std::once_flag          g_backend_once;
+
+int32_t fail(int32_t code, std::string msg) {
+    t_last_error = std::move(msg);
+    return code;
+}
+
+void log_callback(ggml_log_level level, const char * text, void * /*user_data*/) {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    if (g_verbose) {
+        fputs(text, stderr);
+    }
+    if (level != GGML_LOG_LEVEL_CONT) {
+        g_log_level = level;
+    }
+    if (g_log_level != GGML_LOG_LEVEL_ERROR) {
+        return;
+    }
+    g_log_line += text;
+    size_t nl;
+    while ((nl = g_log_line.find('\n')) != std::string::npos) {
+        std::string line = g_log_line.substr(0, nl);
+        g_log_line.erase(0, nl + 1);
+        if (!line.empty()) {
+            g_log_errors.push_back(line);
+            if (g_log_errors.size() > 8) g_log_errors.pop_front();
+        }
+    }
+}
+
+void clear_log_errors() {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    g_log_errors.clear();
+    g_log_line.clear();
+}
+
+std::string take_log_errors() {
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    std::string out;
+    for (const auto & l : g_log_errors) {
+        if (!out.empty()) out += "; ";
+        out += l;
+    }
+    g_log_errors.clear();
+    return out;
+}
+
+void ensure_backend() {
+    std::call_once(g_backend_once, [] {
+        llama_log_set(log_callback, nullptr);
+        llama_backend_init();
+    });
+}
+
+// Copies s into buf (NUL-terminated when it fits); *n_out = bytes needed without the NUL.
+int32_t copy_out(const std::string & s, char * buf, int32_t buf_len, int32_t * n_out) {
+    if (n_out) *n_out = (int32_t) s.size();
+    if (!buf || buf_len < (int32_t) s.size() + 1) {
+        return fail(SIRIUS_ERR_BUFFER_TOO_SMALL, "output buffer too small: need " + std::to_string(s.size() + 1) + " bytes");
+    }
+    memcpy(buf, s.data(), s.size());
+    buf[s.size()] = '\0';
+    return SIRIUS_OK;
+}
+
+std::string token_piece(const llama_vocab * vocab, llama_token tok) {
+    char small[128];
+    int32_t n = llama_token_to_piece(vocab, tok, small, sizeof(small), 0, false);
+    if (n >= 0) return std::string(small, n);
+    std::string big(-n, '\0');
+    n = llama_token_to_piece(vocab, tok, &big[0], (int32_t) big.size(), 0, false);
+    return n >= 0 ? big.substr(0, n) : std::string();
+}
+
+int32_t check_tokens(const sirius_session * s, const int32_t * tokens, int32_t n) {
+    for (int32_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= s->model->n_vocab) {
+            return fail(SIRIUS_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) + " at index " + std::to_string(i) +
+                                                         " is outside the vocabulary [0, " + std::to_string(s->model->n_vocab) + ")");
+        }
+    }
+    return SIRIUS_OK;
+}
+
+// Decodes tokens at positions n_past.., in chunks of n_batch. Output rows: all positions when logits_all,
+// else the last one. On failure the session is rolled back to where it was.
+int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logits_all, float * logits_out) {
+    if (n <= 0) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no tokens to evaluate");
+    }
+    if (int32_t rc = check_tokens(s, tokens, n)) return rc;
+    const int32_t n_past = (int32_t) s->tokens.size();
+    if ((int64_t) n_past + n > (int64_t) s->n_ctx) {
+        return fail(SIRIUS_ERR_CONTEXT_OVERFLOW, std::to_string(n_past + n) + " tokens do not fit in the context of " +
+                                                     std::to_string(s->n_ctx) + " (" + std::to_string(n_past) +
+                                                     " already held): raise n_ctx or shorten the input");
+    }
+    const int32_t n_vocab = s->model->n_vocab;
+    clear_log_errors();
+    for (int32_t start = 0; start < n; start += (int32_t) s->n_batch) {
+        const int32_t len = std::min<int32_t>((int32_t) s->n_batch, n - start);
+        llama_batch & b = s->batch;
+        b.n_tokens = len;
+        for (int32_t i = 0; i < len; ++i) {
+            b.token[i] = tokens[start + i];
+            b.pos[i] = n_past + start + i;
+            b.n_seq_id[i] = 1;
+            b.seq_id[i][0] = 0;
+            b.logits[i] = logits_all || (start + i == n - 1);
+        }
+        const int32_t rc = llama_decode(s->ctx, b);
+        if (rc != 0) {
+            llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
+            s->tokens.resize(n_past);
+            std::string why = take_log_errors();
+            return fail(SIRIUS_ERR_DECODE, "llama_decode failed (code " + std::to_string(rc) + ")" +
+                                               (rc == 1 ? ": no KV cache slot for the batch" : rc == 2 ? ": aborted" : "") +
+                                               (why.empty() ? "" : ": " + why));
+        }
+        if (logits_out) {
+            for (int32_t i = 0; i < len; ++i) {
+                if (!b.logits[i]) continue;
+                const float * row = llama_get_logits_ith(s->ctx, i);
+                if (!row) {
+                    return fail(SIRIUS_ERR_INTERNAL, "llama.cpp returned no logits for batch row " + std::to_string(i));
+                }
+                float * dst = logits_all ? logits_out + (size_t) (start + i) * n_vocab : logits_out;
+                memcpy(dst, row, sizeof(float) * n_vocab);
+            }
+        }
+        s->tokens.insert(s->tokens.end(), tokens + start, tokens + start + len);
+    }
+    return SIRIUS_OK;
+}
+
+void truncate_to(sirius_session * s, int32_t n_keep) {
+    if (n_keep < (int32_t) s->tokens.size()) {
+        llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_keep, -1);
+        s->tokens.resize(n_keep);
+    }
+}
+
+int32_t check_sampling(const sirius_sampling & sp) {
+    if (!std::isfinite(sp.temperature) || sp.temperature < 0.0f) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "temperature must be >= 0 (0 = greedy), got " + std::to_string(sp.temperature));
+    }
+    if (sp.top_k < 0) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "top_k must be >= 0 (0 = off), got " + std::to_string(sp.top_k));
+    }
+    if (!(sp.top_p > 0.0f && sp.top_p <= 1.0f)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "top_p must be in (0, 1], got " + std::to_string(sp.top_p));
+    }
+    if (!(sp.min_p >= 0.0f && sp.min_p < 1.0f)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "min_p must be in [0, 1), got " + std::to_string(sp.min_p));
+    }
+    return SIRIUS_OK;
+}
+
+llama_sampler * make_sampler(const sirius_sampling & sp) {
+    llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    llama_sampler * chain = llama_sampler_chain_init(cp);
+    if (sp.temperature <= 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+        return chain;
+    }
+    if (sp.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(sp.top_k));
+    if (sp.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(sp.top_p, 1));
+    if (sp.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(sp.min_p, 1));
+    llama_sampler_chain_add(chain, llama_sampler_init_temp(sp.temperature));
+    llama_sampler_chain_add(chain, llama_sampler_init_dist(sp.seed));
+    return chain;
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+extern "C" {
+
+const char * sirius_last_error(void) { return t_last_error.c_str(); }
+
+const char * sirius_version(void) {
+    return "sirius-local " SIRIUS_VERSION " (llama.cpp from " SIRIUS_LLAMA_SOURCE ")";
+}
+
+const char * sirius_system_info(void) {
+    ensure_backend();
+    return llama_print_system_info();
+}
+
+void sirius_set_verbose(int32_t verbose) {
+    ensure_backend();
+    std::lock_guard<std::mutex> lock(g_log_mutex);
+    g_verbose = verbose;
+}
+
+int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model ** out) {
+    if (!out) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!path || !*path) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "model path is empty");
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        return fail(SIRIUS_ERR_IO, std::string("model file not found: ") + path);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        return fail(SIRIUS_ERR_IO, std::string("model path is a directory, not a GGUF file: ") + path);
+    }
+    {
+        FILE * f = fopen(path, "rb");
+        if (!f) return fail(SIRIUS_ERR_IO, std::string("cannot open model file: ") + path + ": " + strerror(errno));
+        char magic[4] = {0, 0, 0, 0};
+        size_t got = fread(magic, 1, 4, f);
+        fclose(f);
+        if (got != 4 || memcmp(magic, "GGUF", 4) != 0) {
+            return fail(SIRIUS_ERR_IO, std::string("not a GGUF file (no 'GGUF' magic): ") + path +
+                                           ": pass a .gguf model file or a model name from `sirius-local models list`");
+        }
+    }
+    ensure_backend();
+    clear_log_errors();
+    llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = n_gpu_layers;
+    llama_model * model = llama_model_load_from_file(path, mp);
+    if (!model) {
+        std::string why = take_log_errors();
+        return fail(SIRIUS_ERR_MODEL_LOAD, std::string("llama.cpp could not load ") + path +
+                                               (why.empty() ? std::string(" (no reason given)") : ": " + why));
+    }
+    if (!llama_model_has_decoder(model)) {
+        llama_model_free(model);
+        return fail(SIRIUS_ERR_MODEL_LOAD, std::string("model has no decoder (encoder-only models cannot generate): ") + path);
+    }
+    auto * m = new sirius_model;
+    m->model = model;
+    m->vocab = llama_model_get_vocab(model);
+    m->n_vocab = llama_vocab_n_tokens(m->vocab);
+    *out = m;
+    return SIRIUS_OK;
+}
+
+void sirius_model_free(sirius_model * model) {
+    if (!model) return;
+    llama_model_free(model->model);
+    delete model;
+}
+
+int32_t sirius_model_n_vocab(const sirius_model * m) { return m ? m->n_vocab : 0; }
+int32_t sirius_model_n_ctx_train(const sirius_model * m) { return m ? llama_model_n_ctx_train(m->model) : 0; }
+int32_t sirius_model_n_layer(const sirius_model * m) { return m ? llama_model_n_layer(m->model) : 0; }
+int32_t sirius_model_n_embd(const sirius_model * m) { return m ? llama_model_n_embd(m->model) : 0; }
+int64_t sirius_model_n_params(const sirius_model * m) { return m ? (int64_t) llama_model_n_params(m->model) : 0; }
+int64_t sirius_model_size(const sirius_model * m) { return m ? (int64_t) llama_model_size(m->model) : 0; }
+int32_t sirius_model_token_bos(const sirius_model * m) { return m ? llama_vocab_bos(m->vocab) : -1; }
+int32_t sirius_model_token_eos(const sirius_model * m) { return m ? llama_vocab_eos(m->vocab) : -1; }
+int32_t sirius_model_is_eog(const sirius_model * m, int32_t token) {
+    return (m && token >= 0 && token < m->n_vocab) ? (int32_t) llama_vocab_is_eog(m->vocab, token) : 0;
+}
+
+int32_t sirius_model_meta(const sirius_model * m, const char * key, char * buf, int32_t buf_len, int32_t * n_out) {
+    if (!m || !key) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "model or key is NULL");
+    int32_t n = llama_model_meta_val_str(m->model, key, nullptr, 0);
+    if (n < 0) return fail(SIRIUS_ERR_INVALID_ARGUMENT, std::string("no GGUF metadata key ") + key);
+    std::string v(n + 1, '\0');
+    llama_model_meta_val_str(m->model, key, &v[0], v.size());
+    v.resize(n);
+    return copy_out(v, buf, buf_len, n_out);
+}
+
+int32_t sirius_tokenize(const sirius_model * m, const char * text, int32_t text_len, int32_t add_special,
+                        int32_t parse_special, int32_t * tokens, int32_t n_max, int32_t * n_out) {
+    if (!m || (!text && text_len > 0) || text_len < 0) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad tokenize arguments");
+    int32_t n = llama_tokenize(m->vocab, text ? text : "", text_len, tokens, tokens ? n_max : 0, add_special != 0, parse_special != 0);
+    if (n == INT32_MIN) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "text too long to tokenize");
+    if (n < 0) {
+        if (n_out) *n_out = -n;
+        return fail(SIRIUS_ERR_BUFFER_TOO_SMALL, "token buffer too small: need " + std::to_string(-n));
+    }
+    if (n_out) *n_out = n;
+    return SIRIUS_OK;
+}
+
+int32_t sirius_detokenize(const sirius_model * m, const int32_t * tokens, int32_t n_tokens, int32_t remove_special,
+                          int32_t unparse_special, char * buf, int32_t buf_len, int32_t * n_out) {
+    if (!m || (!tokens && n_tokens > 0) || n_tokens < 0) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad detokenize arguments");
+    for (int32_t i = 0; i < n_tokens; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= m->n_vocab) {
+            return fail(SIRIUS_ERR_INVALID_ARGUMENT, "token id " + std::to_string(tokens[i]) + " is outside the vocabulary [0, " +
+                                                         std::to_string(m->n_vocab) + ")");
+        }
+    }
+    int32_t n = llama_detokenize(m->vocab, tokens, n_tokens, buf, buf ? buf_len : 0, remove_special != 0, unparse_special != 0);
+    if (n < 0) {
+        if (n_out) *n_out = -n;
+        return fail(SIRIUS_ERR_BUFFER_TOO_SMALL, "text buffer too small: need " + std::to_string(-n));
+    }
+    if (n_out) *n_out = n;
+    return SIRIUS_OK;
+}
+
+int32_t sirius_chat_apply(const sirius_model * m, const sirius_chat_message * messages, int32_t n_messages,
+                          int32_t add_assistant, char * buf, int32_t buf_len, int32_t * n_out) {
+    if (!m || n_messages < 0 || (!messages && n_messages > 0)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad chat arguments");
+    const char * tmpl = llama_model_chat_template(m->model, nullptr);
+    if (!tmpl) {
+        return fail(SIRIUS_ERR_UNSUPPORTED, "this model's GGUF has no chat template (tokenizer.chat_template): use a plain completion");
+    }
+    std::vector<llama_chat_message> chat(n_messages);
+    for (int32_t i = 0; i < n_messages; ++i) {
+        if (!messages[i].role || !messages[i].content) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "chat message without role or content");
+        chat[i] = {messages[i].role, messages[i].content};
+    }
+    int32_t n = llama_chat_apply_template(tmpl, chat.data(), chat.size(), add_assistant != 0, buf, buf ? buf_len : 0);
+    if (n < 0) {
+        return fail(SIRIUS_ERR_UNSUPPORTED, "llama.cpp does not recognise this model's chat template: use a plain completion");
+    }
+    if (n_out) *n_out = n;
+    if (!buf || n > buf_len) return fail(SIRIUS_ERR_BUFFER_TOO_SMALL, "chat buffer too small: need " + std::to_string(n));
+    return SIRIUS_OK;
+}
+
+int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, int32_t n_threads_batch, uint32_t n_batch,
+                           sirius_session ** out) {
+    if (!out) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "out is NULL");
+    *out = nullptr;
+    if (!m) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "model is NULL");
+    if (n_ctx < 16) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_ctx must be >= 16, got " + std::to_string(n_ctx));
+    if (n_threads < 1 || n_threads_batch < 1) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_threads must be >= 1, got " + std::to_string(std::min(n_threads, n_threads_batch)));
+    }
+    if (n_batch < 1) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_batch must be >= 1");
+    n_batch = std::min(n_batch, n_ctx);
+
+    llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_batch = n_batch;
+    cp.n_ubatch = n_batch;
+    cp.n_seq_max = 1;
+    cp.n_threads = n_threads;
+    cp.n_threads_batch = n_threads_batch;
+    cp.no_perf = true;
+    clear_log_errors();
+    llama_context * ctx = llama_init_from_model(m->model, cp);
+    if (!ctx) {
+        std::string why = take_log_errors();
+        return fail(SIRIUS_ERR_MODEL_LOAD, "llama.cpp could not create a context of " + std::to_string(n_ctx) + " tokens" +
+                                               (why.empty() ? std::string() : ": " + why));
+    }
+    auto * s = new sirius_session;
+    s->model = m;
+    s->ctx = ctx;
+    s->n_ctx = std::min(n_ctx, llama_n_ctx(ctx));
+    s->n_batch = n_batch;
+    s->batch = llama_batch_init((int32_t) n_batch, 0, 1);
+    *out = s;
+    return SIRIUS_OK;
+}
+
+void sirius_session_free(sirius_session * s) {
+    if (!s) return;
+    llama_batch_free(s->batch);
+    llama_free(s->ctx);
+    delete s;
+}
+
+uint32_t sirius_session_n_ctx(const sirius_session * s) { return s ? s->n_ctx : 0; }
+int32_t  sirius_session_n_past(const sirius_session * s) { return s ? (int32_t) s->tokens.size() : 0; }
+
+int32_t sirius_session_tokens(const sirius_session * s, int32_t * tokens, int32_t n_max) {
+    if (!s) return 0;
+    const int32_t n = (int32_t) s->tokens.size();
+    if (tokens) std::copy_n(s->tokens.begin(), std::min(n, std::max(n_max, 0)), tokens);
+    return n;
+}
+
+int32_t sirius_session_reset(sirius_session * s) {
+    if (!s) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    llama_memory_clear(llama_get_memory(s->ctx), true);
+    s->tokens.clear();
+    return SIRIUS_OK;
+}
+
+int32_t sirius_eval(sirius_session * s, const int32_t * tokens, int32_t n_tokens, int32_t logits_all, float * logits_out) {
+    if (!s || (!tokens && n_tokens > 0)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session or tokens is NULL");
+    return decode(s, tokens, n_tokens, logits_all != 0, logits_out);
+}
+
+int32_t sirius_truncate(sirius_session * s, int32_t n_keep) {
+    if (!s) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    if (n_keep < 0) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_keep must be >= 0, got " + std::to_string(n_keep));
+    truncate_to(s, n_keep);
+    return SIRIUS_OK;
+}
+
+int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_prompt, const sirius_generate_params * params,
+                        sirius_token_callback callback, void * user_data, sirius_generate_result * result) {
+    if (!s || !params) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session or params is NULL");
+    if (n_prompt <= 0 || !prompt) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "the prompt is empty: give at least one token");
+    if (params->max_tokens < 1) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_tokens must be >= 1, got " + std::to_string(params->max_tokens));
+    }
+    if (int32_t rc = check_sampling(params->sampling)) return rc;
+    if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad stop list");
+    std::vector<std::string> stops;
+    for (int32_t i = 0; i < params->n_stop; ++i) {
+        if (!params->stop[i] || !*params->stop[i]) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "stop strings must be non-empty");
+        stops.emplace_back(params->stop[i]);
+    }
+    if (int32_t rc = check_tokens(s, prompt, n_prompt)) return rc;
+    if ((uint32_t) n_prompt > s->n_ctx) {
+        return fail(SIRIUS_ERR_CONTEXT_OVERFLOW, "the prompt has " + std::to_string(n_prompt) + " tokens but the context holds " +
+                                                     std::to_string(s->n_ctx) + ": raise n_ctx or shorten the prompt");
+    }
+
+    sirius_generate_result res{};
+    res.n_prompt = n_prompt;
+
+    // Reuse the KV of the longest common prefix; the last prompt token is always evaluated for its logits.
+    int32_t common = 0;
+    const int32_t held = (int32_t) s->tokens.size();
+    while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
+    common = std::min(common, n_prompt - 1);
+    truncate_to(s, common);
+    res.n_prompt_cached = common;
+
+    auto t0 = std::chrono::steady_clock::now();
+    if (int32_t rc = decode(s, prompt + common, n_prompt - common, false, nullptr)) return rc;
+    res.t_prompt_ms = ms_since(t0);
+
+    llama_sampler * smpl = make_sampler(params->sampling);
+    sirius::TextStream text(stops);
+    int32_t status = SIRIUS_OK;
+    res.finish_reason = SIRIUS_FINISH_LENGTH;
+    t0 = std::chrono::steady_clock::now();
+    while (true) {
+        const llama_token tok = llama_sampler_sample(smpl, s->ctx, -1);
+        if (!params->ignore_eos && llama_vocab_is_eog(s->model->vocab, tok)) {
+            res.finish_reason = SIRIUS_FINISH_STOP;
+            break;
+        }
+        res.n_generated++;
+        const std::string out = text.push(token_piece(s->model->vocab, tok));
+        const int cancel = callback ? callback(user_data, &tok, 1, out.data(), (int32_t) out.size()) : 0;
+        if (text.stopped()) {
+            res.finish_reason = SIRIUS_FINISH_STOP;
+            break;
+        }
+        if (cancel) {
+            res.finish_reason = SIRIUS_FINISH_CANCELLED;
+            break;
+        }
+        if (res.n_generated >= params->max_tokens || s->tokens.size() >= s->n_ctx) {
+            res.finish_reason = SIRIUS_FINISH_LENGTH;
+            break;
+        }
+        if ((status = decode(s, &tok, 1, false, nullptr)) != SIRIUS_OK) break;
+    }
+    res.t_generate_ms = ms_since(t0);
+    llama_sampler_free(smpl);
+    const std::string rest = text.flush();
+    if (callback && !rest.empty()) callback(user_data, nullptr, 0, rest.data(), (int32_t) rest.size());
+    if (result) *result = res;
+    return status;
+}
+
+}  // extern "C"

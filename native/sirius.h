@@ -1,0 +1,148 @@
+/* sirius.h: the C API of sirius-local's native core, a thin layer over llama.h.
+ *
+ * Conventions: every call that can fail returns a sirius_status; on failure sirius_last_error() holds a
+ * message for the calling thread that names the problem and, where there is one, the fix. No function aborts
+ * on bad input. Token ids are int32. Positions count tokens held in the session's KV cache.
+ *
+ * The block between CDEF-BEGIN and CDEF-END is read by the Python binding (cffi), so it holds plain C
+ * declarations only: no macros other than SIRIUS_API, which the binding strips.
+ */
+#ifndef SIRIUS_H
+#define SIRIUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_WIN32)
+#  define SIRIUS_API __declspec(dllexport)
+#else
+#  define SIRIUS_API __attribute__((visibility("default")))
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* CDEF-BEGIN */
+typedef enum {
+    SIRIUS_OK                    = 0,
+    SIRIUS_ERR_INVALID_ARGUMENT  = 1,  /* a parameter is out of range or inconsistent */
+    SIRIUS_ERR_IO                = 2,  /* a file is missing, unreadable or not GGUF */
+    SIRIUS_ERR_MODEL_LOAD        = 3,  /* llama.cpp refused the model (architecture, truncation, ...) */
+    SIRIUS_ERR_CONTEXT_OVERFLOW  = 4,  /* the tokens do not fit in the session's context */
+    SIRIUS_ERR_DECODE            = 5,  /* llama_decode failed; the session was rolled back */
+    SIRIUS_ERR_BUFFER_TOO_SMALL  = 6,  /* the output buffer is too small; *n_out holds the size needed */
+    SIRIUS_ERR_UNSUPPORTED       = 7,  /* e.g. no usable chat template */
+    SIRIUS_ERR_INTERNAL          = 8
+} sirius_status;
+
+typedef enum {
+    SIRIUS_FINISH_LENGTH    = 0,  /* max_tokens reached, or the context is full */
+    SIRIUS_FINISH_STOP      = 1,  /* end-of-generation token or a stop string */
+    SIRIUS_FINISH_CANCELLED = 2   /* the token callback asked to stop */
+} sirius_finish_reason;
+
+typedef struct sirius_model   sirius_model;
+typedef struct sirius_session sirius_session;
+
+typedef struct {
+    const char * role;
+    const char * content;
+} sirius_chat_message;
+
+typedef struct {
+    float    temperature;  /* <= 0: greedy (argmax) */
+    int32_t  top_k;        /* <= 0: off */
+    float    top_p;        /* >= 1: off */
+    float    min_p;        /* <= 0: off */
+    uint32_t seed;
+} sirius_sampling;
+
+typedef struct {
+    int32_t              max_tokens;  /* > 0 */
+    sirius_sampling      sampling;
+    const char * const * stop;        /* n_stop stop strings (not emitted), may be NULL */
+    int32_t              n_stop;
+    int32_t              ignore_eos;
+} sirius_generate_params;
+
+typedef struct {
+    int32_t n_prompt;         /* prompt tokens */
+    int32_t n_prompt_cached;  /* of which reused from the session's KV cache (not recomputed) */
+    int32_t n_generated;      /* completion tokens (an end-of-generation token is not counted) */
+    int32_t finish_reason;    /* sirius_finish_reason */
+    double  t_prompt_ms;      /* prefill wall time */
+    double  t_generate_ms;    /* decode loop wall time */
+} sirius_generate_result;
+
+/* Called with newly generated token ids and the text that became final with them (text may lag tokens:
+ * bytes that could start a stop string or an incomplete UTF-8 character are held back). A last call with
+ * n_tokens = 0 flushes held text. Return non-zero to cancel: the call then ends with SIRIUS_FINISH_CANCELLED
+ * and the session stays consistent. */
+typedef int (*sirius_token_callback)(void * user_data, const int32_t * tokens, int32_t n_tokens,
+                                     const char * text, int32_t text_len);
+
+SIRIUS_API const char * sirius_last_error(void);
+SIRIUS_API const char * sirius_version(void);
+SIRIUS_API const char * sirius_system_info(void);
+/* 0: llama.cpp logs are kept (errors feed sirius_last_error) but not printed; 1: printed to stderr. */
+SIRIUS_API void         sirius_set_verbose(int32_t verbose);
+
+/* Model: weights mmapped once; any number of sessions share them. */
+SIRIUS_API int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model ** out);
+SIRIUS_API void    sirius_model_free(sirius_model * model);
+SIRIUS_API int32_t sirius_model_n_vocab(const sirius_model * model);
+SIRIUS_API int32_t sirius_model_n_ctx_train(const sirius_model * model);
+SIRIUS_API int32_t sirius_model_n_layer(const sirius_model * model);
+SIRIUS_API int32_t sirius_model_n_embd(const sirius_model * model);
+SIRIUS_API int64_t sirius_model_n_params(const sirius_model * model);
+SIRIUS_API int64_t sirius_model_size(const sirius_model * model);
+SIRIUS_API int32_t sirius_model_token_bos(const sirius_model * model);
+SIRIUS_API int32_t sirius_model_token_eos(const sirius_model * model);
+SIRIUS_API int32_t sirius_model_is_eog(const sirius_model * model, int32_t token);
+/* GGUF metadata value as a string (e.g. "general.architecture"); SIRIUS_ERR_INVALID_ARGUMENT if absent. */
+SIRIUS_API int32_t sirius_model_meta(const sirius_model * model, const char * key, char * buf, int32_t buf_len,
+                                     int32_t * n_out);
+
+/* Text <-> tokens. add_special: BOS/EOS as the model's tokenizer wants; parse_special: "<|im_start|>" etc.
+ * become control tokens. */
+SIRIUS_API int32_t sirius_tokenize(const sirius_model * model, const char * text, int32_t text_len,
+                                   int32_t add_special, int32_t parse_special,
+                                   int32_t * tokens, int32_t n_max, int32_t * n_out);
+SIRIUS_API int32_t sirius_detokenize(const sirius_model * model, const int32_t * tokens, int32_t n_tokens,
+                                     int32_t remove_special, int32_t unparse_special,
+                                     char * buf, int32_t buf_len, int32_t * n_out);
+/* The model's chat template (from GGUF metadata) applied to messages; add_assistant opens the reply. */
+SIRIUS_API int32_t sirius_chat_apply(const sirius_model * model, const sirius_chat_message * messages,
+                                     int32_t n_messages, int32_t add_assistant,
+                                     char * buf, int32_t buf_len, int32_t * n_out);
+
+/* Session: one llama_context with its own KV cache (sequence 0) and the list of tokens it holds. */
+SIRIUS_API int32_t  sirius_session_new(sirius_model * model, uint32_t n_ctx, int32_t n_threads,
+                                       int32_t n_threads_batch, uint32_t n_batch, sirius_session ** out);
+SIRIUS_API void     sirius_session_free(sirius_session * session);
+SIRIUS_API uint32_t sirius_session_n_ctx(const sirius_session * session);
+SIRIUS_API int32_t  sirius_session_n_past(const sirius_session * session);
+/* Copies the tokens held in the KV cache (up to n_max) and returns how many there are. */
+SIRIUS_API int32_t  sirius_session_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);
+SIRIUS_API int32_t  sirius_session_reset(sirius_session * session);
+
+/* Evaluates tokens at positions n_past.. (batched, in chunks of n_batch). logits_all: write n_tokens rows of
+ * n_vocab floats to logits_out; else only the last row. logits_out may be NULL. */
+SIRIUS_API int32_t sirius_eval(sirius_session * session, const int32_t * tokens, int32_t n_tokens,
+                               int32_t logits_all, float * logits_out);
+/* Drops tokens and KV cells from position n_keep on (llama_memory_seq_rm). */
+SIRIUS_API int32_t sirius_truncate(sirius_session * session, int32_t n_keep);
+
+/* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
+ * The prompt replaces whatever followed that prefix. */
+SIRIUS_API int32_t sirius_generate(sirius_session * session, const int32_t * prompt, int32_t n_prompt,
+                                   const sirius_generate_params * params, sirius_token_callback callback,
+                                   void * user_data, sirius_generate_result * result);
+/* CDEF-END */
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* SIRIUS_H */

