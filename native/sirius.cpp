@@ -2,10 +2,8 @@
 // llama.h. Errors become status codes with a thread-local message; llama.cpp's own error log lines are
 // captured so that the message says why llama.cpp refused something.
 
-#include "sirius.h"
+#include "internal.h"
 #include "text.h"
-
-#include "llama.h"
 
 #include <sys/stat.h>
 
@@ -26,24 +24,18 @@
 #define SIRIUS_LLAMA_SOURCE "unknown"
 #endif
 
-struct sirius_model {
-    llama_model *       model = nullptr;
-    const llama_vocab * vocab = nullptr;
-    int32_t             n_vocab = 0;
-};
+namespace {
+thread_local std::string t_last_error;
+}
 
-struct sirius_session {
-    sirius_model *           model = nullptr;
-    llama_context *          ctx = nullptr;
-    llama_batch              batch{};
-    uint32_t                 n_ctx = 0;    // the limit the caller asked for (llama.cpp pads its own up)
-    uint32_t                 n_batch = 0;
-    std::vector<llama_token> tokens;       // exactly the tokens whose KV is in the cache, positions 0..n-1
-};
+int32_t sirius::fail(int32_t code, std::string msg) {
+    t_last_error = std::move(msg);
+    return code;
+}
 
 namespace {
 
-thread_local std::string t_last_error;
+using sirius::fail;
 
 std::mutex              g_log_mutex;
 std::deque<std::string> g_log_errors;  // recent llama.cpp error lines, for error messages
@@ -51,11 +43,6 @@ std::string             g_log_line;    // error line being assembled from GGML_L
 int                     g_log_level = GGML_LOG_LEVEL_NONE;
 int                     g_verbose = 0;
 std::once_flag          g_backend_once;
-
-int32_t fail(int32_t code, std::string msg) {
-    t_last_error = std::move(msg);
-    return code;
-}
 
 void log_callback(ggml_log_level level, const char * text, void * /*user_data*/) {
     std::lock_guard<std::mutex> lock(g_log_mutex);
@@ -158,12 +145,15 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
             b.pos[i] = n_past + start + i;
             b.n_seq_id[i] = 1;
             b.seq_id[i][0] = 0;
-            b.logits[i] = logits_all || (start + i == n - 1);
+            // While the Griffin statistic is collected every row is an output: llama.cpp computes the last
+            // layer only for output rows, and the statistic needs every prompt token in every layer.
+            b.logits[i] = logits_all || (start + i == n - 1) || s->collect;
         }
         const int32_t rc = llama_decode(s->ctx, b);
         if (rc != 0) {
             llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
             s->tokens.resize(n_past);
+            s->n_dense = std::min(s->n_dense, n_past);
             std::string why = take_log_errors();
             return fail(SIRIUS_ERR_DECODE, "llama_decode failed (code " + std::to_string(rc) + ")" +
                                                (rc == 1 ? ": no KV cache slot for the batch" : rc == 2 ? ": aborted" : "") +
@@ -171,7 +161,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
         }
         if (logits_out) {
             for (int32_t i = 0; i < len; ++i) {
-                if (!b.logits[i]) continue;
+                if (!(logits_all || start + i == n - 1)) continue;
                 const float * row = llama_get_logits_ith(s->ctx, i);
                 if (!row) {
                     return fail(SIRIUS_ERR_INTERNAL, "llama.cpp returned no logits for batch row " + std::to_string(i));
@@ -181,6 +171,9 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
             }
         }
         s->tokens.insert(s->tokens.end(), tokens + start, tokens + start + len);
+        // A single-token decode in sparse mode writes sparse-model KV: never reuse it as the dense model's.
+        const bool sparse_kv = s->sparse_on && s->sparse && len == 1;
+        if (!sparse_kv && s->n_dense == n_past + start) s->n_dense = n_past + start + len;
     }
     return SIRIUS_OK;
 }
@@ -190,6 +183,7 @@ void truncate_to(sirius_session * s, int32_t n_keep) {
         llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_keep, -1);
         s->tokens.resize(n_keep);
     }
+    s->n_dense = std::min(s->n_dense, n_keep);
 }
 
 int32_t check_sampling(const sirius_sampling & sp) {
@@ -289,6 +283,7 @@ int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model 
     m->model = model;
     m->vocab = llama_model_get_vocab(model);
     m->n_vocab = llama_vocab_n_tokens(m->vocab);
+    m->path = path;
     *out = m;
     return SIRIUS_OK;
 }
@@ -385,6 +380,7 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     if (n_batch < 1) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_batch must be >= 1");
     n_batch = std::min(n_batch, n_ctx);
 
+    auto * s = new sirius_session;
     llama_context_params cp = llama_context_default_params();
     cp.n_ctx = n_ctx;
     cp.n_batch = n_batch;
@@ -393,14 +389,16 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads_batch;
     cp.no_perf = true;
+    cp.cb_eval = sirius::eval_callback;  // returns at once unless the Griffin statistic is being collected
+    cp.cb_eval_user_data = s;
     clear_log_errors();
     llama_context * ctx = llama_init_from_model(m->model, cp);
     if (!ctx) {
+        delete s;
         std::string why = take_log_errors();
         return fail(SIRIUS_ERR_MODEL_LOAD, "llama.cpp could not create a context of " + std::to_string(n_ctx) + " tokens" +
                                                (why.empty() ? std::string() : ": " + why));
     }
-    auto * s = new sirius_session;
     s->model = m;
     s->ctx = ctx;
     s->n_ctx = std::min(n_ctx, llama_n_ctx(ctx));
@@ -412,6 +410,7 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
 
 void sirius_session_free(sirius_session * s) {
     if (!s) return;
+    sirius::sparse_release(s);
     llama_batch_free(s->batch);
     llama_free(s->ctx);
     delete s;
@@ -431,6 +430,7 @@ int32_t sirius_session_reset(sirius_session * s) {
     if (!s) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
     llama_memory_clear(llama_get_memory(s->ctx), true);
     s->tokens.clear();
+    s->n_dense = 0;
     return SIRIUS_OK;
 }
 
@@ -454,6 +454,16 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_tokens must be >= 1, got " + std::to_string(params->max_tokens));
     }
     if (int32_t rc = check_sampling(params->sampling)) return rc;
+    const bool sparse = params->mode == SIRIUS_MODE_SPARSE;
+    if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse)");
+    }
+    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(params->sparsity));
+    }
+    if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(params->density));
+    }
     if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad stop list");
     std::vector<std::string> stops;
     for (int32_t i = 0; i < params->n_stop; ++i) {
@@ -469,17 +479,26 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     sirius_generate_result res{};
     res.n_prompt = n_prompt;
 
-    // Reuse the KV of the longest common prefix; the last prompt token is always evaluated for its logits.
+    // Reuse the dense KV of the longest common prefix; the last prompt token is always evaluated for its
+    // logits. Griffin needs the FFN activations of the whole prompt, so sparse mode prefills it all.
     int32_t common = 0;
-    const int32_t held = (int32_t) s->tokens.size();
+    const int32_t held = std::min<int32_t>((int32_t) s->tokens.size(), s->n_dense);
     while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
-    common = std::min(common, n_prompt - 1);
+    common = sparse ? 0 : std::min(common, n_prompt - 1);
+    sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);
     truncate_to(s, common);
     res.n_prompt_cached = common;
 
     auto t0 = std::chrono::steady_clock::now();
-    if (int32_t rc = decode(s, prompt + common, n_prompt - common, false, nullptr)) return rc;
+    if (sparse) sirius_griffin_collect(s, 1);
+    int32_t prc = decode(s, prompt + common, n_prompt - common, false, nullptr);
+    s->collect = false;
+    if (prc != SIRIUS_OK) return prc;
     res.t_prompt_ms = ms_since(t0);
+    if (sparse) {
+        if (int32_t rc = sirius::sparse_build(s, params->sparsity, params->density, &res.sparse)) return rc;
+        if (res.sparse.n_layers_sparse > 0) sirius::set_ffn_mode(s, SIRIUS_MODE_SPARSE);
+    }
 
     llama_sampler * smpl = make_sampler(params->sampling);
     sirius::TextStream text(stops);
@@ -510,6 +529,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         if ((status = decode(s, &tok, 1, false, nullptr)) != SIRIUS_OK) break;
     }
     res.t_generate_ms = ms_since(t0);
+    sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);  // eval() and the next prefill are dense again
     llama_sampler_free(smpl);
     const std::string rest = text.flush();
     if (callback && !rest.empty()) callback(user_data, nullptr, 0, rest.data(), (int32_t) rest.size());

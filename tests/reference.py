@@ -97,8 +97,13 @@ class LlamaReference:
         out[..., 1:n_rot:2] = x0 * sin + x1 * cos
         return out
 
-    def logits(self, tokens: list[int]) -> np.ndarray:
-        """Logits [T, n_vocab] for a sequence starting at position 0."""
+    def logits(self, tokens: list[int], ffn_keep: dict[int, np.ndarray] | None = None, keep_from: int = 0,
+               record_z: dict[int, np.ndarray] | None = None) -> np.ndarray:
+        """Logits [T, n_vocab] for a sequence starting at position 0.
+
+        ffn_keep: per layer, a boolean mask over FFN neurons; from position keep_from on, the other neurons'
+        activations are zeroed (the sparse model's FFN). record_z receives each layer's FFN activation
+        z = silu(gate x) * (up x), [T, n_ff], before masking."""
         c = self.cfg
         T = len(tokens)
         hd = c.n_embd // c.n_head
@@ -123,6 +128,11 @@ class LlamaReference:
             h = self._rms(x, self.weight(p + "ffn_norm.weight"))
             g = self._mm(h, p + "ffn_gate.weight")
             u = self._mm(h, p + "ffn_up.weight")
-            x = x + self._mm((g / (1.0 + np.exp(-g))) * u, p + "ffn_down.weight")
+            z = (g / (1.0 + np.exp(-g))) * u
+            if record_z is not None:
+                record_z[il] = z.copy()
+            if ffn_keep is not None and il in ffn_keep:
+                z[keep_from:, ~ffn_keep[il]] = 0.0
+            x = x + self._mm(z, p + "ffn_down.weight")
         x = self._rms(x, self.weight("output_norm.weight"))
         return self._mm(x, "output.weight" if self.has("output.weight") else "token_embd.weight")

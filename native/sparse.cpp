@@ -1,0 +1,325 @@
+// The sparse FFN, Griffin flavour: neuron groups chosen per prompt from the dense prefill's FFN activations,
+// gathered once into compact gate/up/down tensors that single-token decodes use instead of the originals
+// (patches/0001-sirius-ffn-override.patch). Stock kernels run on the compact tensors, so the saving is real
+// (fewer weight bytes per token) on every backend.
+//
+// Layout facts the gather relies on (ggml shapes, ne0 first):
+//   gate, up  [n_embd, n_ff]: one neuron = one quantised row  -> a group of G neurons = G contiguous rows;
+//   down      [n_ff, n_embd]: neurons run along each row, inside quant blocks of ggml_blck_size(type)
+//             -> with G = that block size, a group is one block in every row: exact byte copies, no requantisation.
+// The bytes come from the GGUF file itself, not from the loaded tensors, whose CPU layout may be repacked.
+
+#include "internal.h"
+
+#include "ggml-alloc.h"
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "gguf.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+
+namespace sirius {
+
+struct CompactTensor {
+    ggml_context *        ctx = nullptr;
+    ggml_backend_buffer_t buf = nullptr;
+    ggml_tensor *         t = nullptr;
+};
+
+struct SparseFFN {
+    std::vector<CompactTensor>        owned;
+    std::vector<ggml_tensor *>        table;   // n_layer * 6, for llama_sirius_set_ffn
+    std::vector<std::vector<int32_t>> groups;  // per layer; empty = dense layer
+    std::vector<int32_t>              group_size;
+    sirius_sparse_info                info{};
+
+    ~SparseFFN() {
+        for (auto & c : owned) {
+            if (c.buf) ggml_backend_buffer_free(c.buf);
+            if (c.ctx) ggml_free(c.ctx);
+        }
+    }
+};
+
+namespace {
+
+// "ffn_swiglu-12" / "ffn_geglu-3" -> layer index; -1 for any other node.
+int ffn_act_layer(const char * name) {
+    static const char * prefixes[] = {"ffn_swiglu-", "ffn_geglu-"};
+    for (const char * p : prefixes) {
+        size_t n = strlen(p);
+        if (strncmp(name, p, n) == 0) {
+            char * end = nullptr;
+            long il = strtol(name + n, &end, 10);
+            if (end != name + n && *end == '\0') return (int) il;
+        }
+    }
+    return -1;
+}
+
+// Allocates one tensor like `like` (type) with shape ne0 x ne1 in the buffer type of `like`; falls back to the
+// plain CPU buffer type when a CPU extra buffer type (repack) cannot take this shape.
+int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTensor & out) {
+    ggml_init_params ip = {ggml_tensor_overhead() * 2, nullptr, true};
+    ggml_backend_buffer_type_t buft = like->buffer ? ggml_backend_buffer_get_type(like->buffer) : ggml_backend_cpu_buffer_type();
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        out.ctx = ggml_init(ip);
+        out.t = ggml_new_tensor_2d(out.ctx, like->type, ne0, ne1);
+        out.buf = ggml_backend_alloc_ctx_tensors_from_buft(out.ctx, buft);
+        if (!out.buf) {
+            ggml_free(out.ctx);
+            out = {};
+            return fail(SIRIUS_ERR_INTERNAL, std::string("could not allocate a compact FFN tensor in ") + ggml_backend_buft_name(buft));
+        }
+        const bool extra_cpu = ggml_backend_buft_is_host(buft) && buft != ggml_backend_cpu_buffer_type() &&
+                               strcmp(ggml_backend_buft_name(buft), "CPU") != 0;
+        if (!extra_cpu || out.t->extra != nullptr) {
+            return SIRIUS_OK;
+        }
+        ggml_backend_buffer_free(out.buf);
+        ggml_free(out.ctx);
+        out = {};
+        buft = ggml_backend_cpu_buffer_type();
+    }
+    return fail(SIRIUS_ERR_INTERNAL, "could not allocate a compact FFN tensor");
+}
+
+// Reads a tensor's bytes from the GGUF file.
+bool read_tensor(FILE * f, size_t data_offset, const gguf_context * g, const char * name, std::vector<uint8_t> & out) {
+    int64_t id = gguf_find_tensor(g, name);
+    if (id < 0) return false;
+    out.resize(gguf_get_tensor_size(g, id));
+    if (fseeko(f, (off_t) (data_offset + gguf_get_tensor_offset(g, id)), SEEK_SET) != 0) return false;
+    return fread(out.data(), 1, out.size(), f) == out.size();
+}
+
+}  // namespace
+
+bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
+    auto * s = static_cast<sirius_session *>(user_data);
+    if (!s->collect) return false;
+    const int il = ffn_act_layer(t->name);
+    if (il < 0 || il >= (int) s->griffin_sumsq.size() || t->type != GGML_TYPE_F32) return false;
+    if (ask) return true;
+
+    const int64_t n_ff = t->ne[0], n_tok = t->ne[1] * t->ne[2] * t->ne[3];
+    auto & acc = s->griffin_sumsq[il];
+    if ((int64_t) acc.size() != n_ff) acc.assign(n_ff, 0.0);
+    const bool host = t->buffer && ggml_backend_buffer_is_host(t->buffer);
+    for (int64_t r = 0; r < n_tok; ++r) {
+        const float * z;
+        const size_t off = (size_t) r * t->nb[1];
+        if (host) {
+            z = reinterpret_cast<const float *>(static_cast<const char *>(t->data) + off);
+        } else {  // a GPU backend: copy the row out
+            s->scratch.resize(n_ff);
+            ggml_backend_tensor_get(t, s->scratch.data(), off, n_ff * sizeof(float));
+            z = s->scratch.data();
+        }
+        double nrm = 0.0;
+        for (int64_t i = 0; i < n_ff; ++i) nrm += (double) z[i] * z[i];
+        if (nrm <= 0.0) continue;
+        const double inv = 1.0 / nrm;
+        for (int64_t i = 0; i < n_ff; ++i) acc[i] += (double) z[i] * z[i] * inv;
+    }
+    if (il == 0) s->griffin_tokens += (int32_t) n_tok;
+    return true;
+}
+
+void sparse_release(sirius_session * s) {
+    if (s->sparse) {
+        llama_sirius_set_ffn(s->ctx, 0, nullptr);
+        s->sparse.reset();
+    }
+    s->sparse_on = false;
+    llama_sirius_set_ffn_sparse(s->ctx, false);
+}
+
+int32_t set_ffn_mode(sirius_session * s, int32_t mode) {
+    if (mode != SIRIUS_MODE_DENSE && mode != SIRIUS_MODE_SPARSE) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown FFN mode " + std::to_string(mode));
+    }
+    if (mode == SIRIUS_MODE_SPARSE && !s->sparse) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no sparse FFN is built for this session: call sirius_sparse_build first");
+    }
+    s->sparse_on = mode == SIRIUS_MODE_SPARSE;
+    llama_sirius_set_ffn_sparse(s->ctx, s->sparse_on);
+    return SIRIUS_OK;
+}
+
+int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
+    if (sparsity != SIRIUS_SPARSITY_GRIFFIN) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(sparsity));
+    }
+    if (!(density > 0.0f && density <= 1.0f)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(density));
+    }
+    if (s->griffin_tokens <= 0) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no Griffin statistic: evaluate a prompt with sirius_griffin_collect on first");
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    sparse_release(s);
+
+    const llama_model * model = s->model->model;
+    const int32_t n_layer = llama_model_n_layer(model);
+    auto sp = std::make_unique<SparseFFN>();
+    sp->table.assign((size_t) n_layer * 6, nullptr);
+    sp->groups.assign(n_layer, {});
+    sp->group_size.assign(n_layer, 0);
+    sp->info.n_layers = n_layer;
+
+    gguf_init_params gp = {true, nullptr};
+    gguf_context * g = gguf_init_from_file(s->model->path.c_str(), gp);
+    FILE * f = g ? fopen(s->model->path.c_str(), "rb") : nullptr;
+    if (!g || !f) {
+        if (g) gguf_free(g);
+        return fail(SIRIUS_ERR_IO, "cannot re-read the model file for the sparse FFN: " + s->model->path);
+    }
+    const size_t data_offset = gguf_get_data_offset(g);
+
+    int64_t kept_neurons = 0, total_neurons = 0, ffn_params_skipped = 0;
+    std::vector<uint8_t> src, dst;
+    int32_t rc = SIRIUS_OK;
+    char name[3][96];
+    for (int32_t il = 0; il < n_layer && rc == SIRIUS_OK; ++il) {
+        snprintf(name[0], sizeof(name[0]), "blk.%d.ffn_up.weight", il);
+        snprintf(name[1], sizeof(name[1]), "blk.%d.ffn_gate.weight", il);
+        snprintf(name[2], sizeof(name[2]), "blk.%d.ffn_down.weight", il);
+        ggml_tensor * up = llama_sirius_model_tensor(model, name[0]);
+        ggml_tensor * gate = llama_sirius_model_tensor(model, name[1]);
+        ggml_tensor * down = llama_sirius_model_tensor(model, name[2]);
+        if (!up || !gate || !down || il >= (int32_t) s->griffin_sumsq.size()) continue;  // not a gated FFN: dense
+        const int64_t n_embd = up->ne[0], n_ff = up->ne[1];
+        const auto & acc = s->griffin_sumsq[il];
+        if ((int64_t) acc.size() != n_ff || gate->ne[1] != n_ff || down->ne[0] != n_ff || down->ne[1] != n_embd) continue;
+
+        const int64_t G = std::max<int64_t>(ggml_blck_size(down->type), 32);
+        if (n_ff % G != 0 || G % ggml_blck_size(down->type) != 0) continue;
+        const int64_t n_groups = n_ff / G;
+        const int64_t k = std::clamp<int64_t>(std::llround(density * n_groups), 1, n_groups);
+
+        // Group score: sum over its neurons of Griffin's per-neuron statistic (column L2 norm).
+        std::vector<double> score(n_groups, 0.0);
+        for (int64_t i = 0; i < n_ff; ++i) score[i / G] += std::sqrt(acc[i]);
+        std::vector<int32_t> order(n_groups);
+        std::iota(order.begin(), order.end(), 0);
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return score[a] > score[b]; });
+        std::vector<int32_t> keep(order.begin(), order.begin() + k);
+        std::sort(keep.begin(), keep.end());
+
+        // gate/up: G contiguous rows per group.
+        ggml_tensor * compact[3] = {nullptr, nullptr, nullptr};
+        for (int j = 0; j < 2 && rc == SIRIUS_OK; ++j) {
+            const ggml_tensor * orig = j == 0 ? up : gate;
+            if (!read_tensor(f, data_offset, g, name[j], src)) {
+                rc = fail(SIRIUS_ERR_IO, std::string("cannot read ") + name[j] + " from " + s->model->path);
+                break;
+            }
+            const size_t row = ggml_row_size(orig->type, n_embd), grp = row * G;
+            dst.resize(grp * k);
+            for (int64_t q = 0; q < k; ++q) memcpy(dst.data() + q * grp, src.data() + (size_t) keep[q] * grp, grp);
+            CompactTensor c;
+            if ((rc = alloc_like(orig, n_embd, k * G, c)) != SIRIUS_OK) break;
+            ggml_backend_tensor_set(c.t, dst.data(), 0, dst.size());
+            compact[j] = c.t;
+            sp->owned.push_back(c);
+        }
+        if (rc != SIRIUS_OK) break;
+        // down: in every one of its n_embd rows, the quant blocks of the kept groups.
+        if (!read_tensor(f, data_offset, g, name[2], src)) {
+            rc = fail(SIRIUS_ERR_IO, std::string("cannot read ") + name[2] + " from " + s->model->path);
+            break;
+        }
+        const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G), crow = blk * k;
+        dst.resize(crow * n_embd);
+        for (int64_t r = 0; r < n_embd; ++r) {
+            const uint8_t * srow = src.data() + (size_t) r * row;
+            uint8_t * drow = dst.data() + (size_t) r * crow;
+            for (int64_t q = 0; q < k; ++q) memcpy(drow + q * blk, srow + (size_t) keep[q] * blk, blk);
+        }
+        CompactTensor c;
+        if ((rc = alloc_like(down, k * G, n_embd, c)) != SIRIUS_OK) break;
+        ggml_backend_tensor_set(c.t, dst.data(), 0, dst.size());
+        compact[2] = c.t;
+        sp->owned.push_back(c);
+
+        ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
+        row6[0] = up; row6[1] = gate; row6[2] = down;
+        row6[3] = compact[0]; row6[4] = compact[1]; row6[5] = compact[2];
+        sp->groups[il] = std::move(keep);
+        sp->group_size[il] = (int32_t) G;
+        sp->info.n_layers_sparse++;
+        sp->info.group_size = std::max<int32_t>(sp->info.group_size, (int32_t) G);
+        kept_neurons += k * G;
+        total_neurons += n_ff;
+        ffn_params_skipped += 3 * n_embd * (n_ff - k * G);
+    }
+    fclose(f);
+    gguf_free(g);
+    if (rc != SIRIUS_OK) return rc;
+
+    for (const auto & c : sp->owned) sp->info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
+    sp->info.density = total_neurons ? (double) kept_neurons / (double) total_neurons : 1.0;
+    const double n_params = (double) llama_model_n_params(model);
+    sp->info.param_fraction = n_params > 0 ? (n_params - (double) ffn_params_skipped) / n_params : 1.0;
+    sp->info.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (sp->info.n_layers_sparse > 0) {
+        llama_sirius_set_ffn(s->ctx, n_layer, sp->table.data());
+    }
+    if (info) *info = sp->info;
+    s->sparse = std::move(sp);
+    return SIRIUS_OK;
+}
+
+}  // namespace sirius
+
+sirius_session::sirius_session() = default;
+sirius_session::~sirius_session() = default;
+
+extern "C" {
+
+int32_t sirius_griffin_collect(sirius_session * s, int32_t collect) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    if (collect) {
+        s->griffin_sumsq.assign(llama_model_n_layer(s->model->model), {});
+        s->griffin_tokens = 0;
+    }
+    s->collect = collect != 0;
+    return SIRIUS_OK;
+}
+
+int32_t sirius_sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    return sirius::sparse_build(s, sparsity, density, info);
+}
+
+int32_t sirius_set_ffn_mode(sirius_session * s, int32_t mode) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    return sirius::set_ffn_mode(s, mode);
+}
+
+void sirius_sparse_release(sirius_session * s) {
+    if (s) sirius::sparse_release(s);
+}
+
+int32_t sirius_griffin_scores(const sirius_session * s, int32_t il, float * out, int32_t n_max) {
+    if (!s || il < 0 || il >= (int32_t) s->griffin_sumsq.size()) return 0;
+    const auto & acc = s->griffin_sumsq[il];
+    for (int32_t i = 0; i < (int32_t) acc.size() && i < n_max && out; ++i) out[i] = (float) std::sqrt(acc[i]);
+    return (int32_t) acc.size();
+}
+
+int32_t sirius_sparse_groups(const sirius_session * s, int32_t il, int32_t * groups, int32_t n_max, int32_t * group_size) {
+    if (!s || !s->sparse || il < 0 || il >= (int32_t) s->sparse->groups.size() || s->sparse->groups[il].empty()) return -1;
+    const auto & g = s->sparse->groups[il];
+    for (int32_t i = 0; i < (int32_t) g.size() && i < n_max && groups; ++i) groups[i] = g[i];
+    if (group_size) *group_size = s->sparse->group_size[il];
+    return (int32_t) g.size();
+}
+
+}  // extern "C"

@@ -1,0 +1,160 @@
+"""The sparse FFN (Griffin): the statistic, the neuron groups chosen, and sparse decoding, each against the
+NumPy reference (tests/reference.py) or the dense path."""
+
+import numpy as np
+import pytest
+
+from reference import LlamaReference
+from sirius_local import LLM, InvalidParameterError
+from test_reference import PROMPT, compare
+
+
+@pytest.fixture(scope="module")
+def reference(model_path):
+    return LlamaReference(model_path)
+
+
+@pytest.fixture(scope="module")
+def toks(llm):
+    return llm.tokenize(PROMPT, add_bos=True)
+
+
+@pytest.fixture(scope="module")
+def ref_z(reference, toks):
+    z = {}
+    reference.logits(toks, record_z=z)
+    return z
+
+
+def prefill_collect(llm, toks):
+    llm.reset()
+    llm.griffin_collect(True)
+    llm.eval(toks, logits_all=False)
+    llm.griffin_collect(False)
+
+
+def griffin_reference(z: np.ndarray) -> np.ndarray:
+    """Griffin's statistic: rows normalised to unit L2 norm, then the L2 norm of each neuron's column."""
+    zn = z / np.linalg.norm(z, axis=1, keepdims=True)
+    return np.linalg.norm(zn, axis=0)
+
+
+def test_griffin_statistic_matches_reference(llm, toks, ref_z):
+    prefill_collect(llm, toks)
+    for il, z in ref_z.items():
+        ours, ref = llm.griffin_scores(il), griffin_reference(z)
+        assert ours.shape == ref.shape
+        # 8-bit activation rounding in llama.cpp perturbs each z by about 1%; the statistic sums squares of
+        # unit-normalised rows, so it agrees to about that.
+        assert np.corrcoef(ours, ref)[0, 1] > 0.99, il
+        assert np.abs(ours - ref).max() < 0.05 * ref.max(), il
+
+
+def test_griffin_groups_are_the_reference_top_k(llm, toks, ref_z):
+    prefill_collect(llm, toks)
+    info = llm.build_sparse(0.5)
+    assert info["sparse"] and info["sparse_layers"] == len(ref_z)
+    overlaps = []
+    for il, z in ref_z.items():
+        groups, G = llm.sparse_groups(il)
+        s = griffin_reference(z)
+        gscore = s.reshape(-1, G).sum(axis=1)
+        k = round(0.5 * len(gscore))
+        assert len(groups) == k and groups == sorted(groups)
+        order = np.argsort(-gscore)
+        cut_in, cut_out = gscore[order[k - 1]], gscore[order[k]]
+        # Clear cases must agree exactly; near-ties (within 2% of the cut) may fall either way.
+        must = {int(g) for g in np.nonzero(gscore > cut_in * 1.02)[0]}
+        never = {int(g) for g in np.nonzero(gscore < cut_out * 0.98)[0]}
+        assert must <= set(groups), il
+        assert not (never & set(groups)), il
+        overlaps.append(len(set(groups) & set(order[:k].tolist())) / k)
+    assert np.mean(overlaps) >= 0.95
+
+
+def test_sparse_decode_matches_masked_reference(llm, toks, reference):
+    prefill_collect(llm, toks)
+    llm.build_sparse(0.5)
+    nxt = llm.tokenize(" landed", add_bos=False)[0]
+    llm.set_ffn_mode("sparse")
+    ours = llm.eval([nxt])[0]
+    llm.set_ffn_mode("dense")
+    keep = {}
+    for il in range(30):
+        groups, G = llm.sparse_groups(il)
+        mask = np.zeros(1536, dtype=bool)
+        for g in groups:
+            mask[g * G:(g + 1) * G] = True
+        keep[il] = mask
+    full = toks + [nxt]
+    ref_sparse = reference.logits(full, ffn_keep=keep, keep_from=len(toks))[-1:]
+    ref_dense = reference.logits(full)[-1:]
+    ok, report = compare(ours[None], ref_sparse)
+    assert ok, report
+    # ...and the check can tell sparse from dense: the sparse logits are far closer to the masked reference.
+    d_sparse, d_dense = np.abs(ours - ref_sparse[0]).mean(), np.abs(ours - ref_dense[0]).mean()
+    assert d_sparse < 0.5 * d_dense, (d_sparse, d_dense)
+
+
+def test_density_one_equals_dense(llm, toks):
+    prefill_collect(llm, toks)
+    info = llm.build_sparse(1.0)
+    assert info["density_actual"] == 1.0 and abs(info["sparse_param_fraction"] - 1.0) < 1e-9
+    nxt = llm.tokenize(" landed", add_bos=False)[0]
+    llm.set_ffn_mode("sparse")
+    sparse = llm.eval([nxt])
+    llm.set_ffn_mode("dense")
+    llm.truncate(len(toks))
+    dense = llm.eval([nxt])
+    assert np.abs(sparse - dense).max() < 1e-4  # the same bytes through the same kernels
+
+    d = llm.create_completion("List three fruits:", max_tokens=24)
+    s = llm.create_completion("List three fruits:", max_tokens=24, mode="sparse", density=1.0)
+    assert s["stats"]["sparse"] and s["stats"]["token_ids"] == d["stats"]["token_ids"]
+
+
+def test_sparse_generation_stats(llm):
+    out = llm.create_completion("Explain photosynthesis briefly.", max_tokens=16, mode="sparse", density=0.5)
+    st = out["stats"]
+    assert st["mode"] == "sparse" and st["sparse"] and st["sparsity"] == "griffin"
+    assert st["density_actual"] == pytest.approx(0.5, abs=0.02)
+    # FFN is 3 * 576 * 1536 * 30 of 135M parameters; half of it skipped.
+    assert 0.55 < st["sparse_param_fraction"] < 0.75
+    assert st["sparse_bytes"] > 0 and st["completion_tokens"] == 16
+    assert out["choices"][0]["text"]
+
+
+def test_sparse_kv_is_never_reused_as_dense(llm, model_path):
+    prompt = llm.tokenize("Write a haiku about rain.", special=True)
+    sp = llm.create_completion(prompt, max_tokens=12, mode="sparse", density=0.3)["stats"]["token_ids"]
+    follow = prompt + sp
+    again = llm.create_completion(follow, max_tokens=12)
+    assert again["stats"]["prompt_tokens_cached"] <= len(prompt)
+    with LLM(model_path, n_ctx=256) as fresh:
+        assert fresh.create_completion(follow, max_tokens=12)["stats"]["token_ids"] == again["stats"]["token_ids"]
+
+
+def test_batches_stay_dense_in_sparse_mode(llm, toks):
+    prefill_collect(llm, toks)
+    llm.build_sparse(0.3)
+    tail = llm.tokenize(" landed on the moon", add_bos=False)
+    llm.set_ffn_mode("sparse")
+    batched = llm.eval(tail)
+    llm.set_ffn_mode("dense")
+    llm.truncate(len(toks))
+    dense = llm.eval(tail)
+    assert np.abs(batched - dense).max() < 1e-4
+
+
+def test_sparse_bad_input(model_path, llm):
+    with LLM(model_path, n_ctx=128) as m:
+        with pytest.raises(InvalidParameterError, match="no sparse FFN is built"):
+            m.set_ffn_mode("sparse")
+        with pytest.raises(InvalidParameterError, match="no Griffin statistic"):
+            m.build_sparse(0.5)
+    for kw, match in [(dict(density=0.0), "density"), (dict(density=1.5), "density"), (dict(density="half"), "density"),
+                      (dict(sparsity="topk"), "planned"), (dict(sparsity="bogus"), "not available"),
+                      (dict(mode="sirius"), "planned")]:
+        with pytest.raises(InvalidParameterError, match=match):
+            llm.create_completion("Hi", mode="sparse" if "mode" not in kw else kw.pop("mode"), **kw)
+    assert llm.create_completion("Hi", max_tokens=3, mode="sparse")["stats"]["completion_tokens"] >= 1
