@@ -316,6 +316,22 @@ int32_t sirius_model_meta(const sirius_model * m, const char * key, char * buf, 
     return copy_out(v, buf, buf_len, n_out);
 }
 
+int32_t sirius_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads) {
+    if (!path_in || !path_out) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "quantize needs input and output paths");
+    if (ftype < 0 || ftype > 64) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown ftype " + std::to_string(ftype));
+    ensure_backend();
+    clear_log_errors();
+    llama_model_quantize_params qp = llama_model_quantize_default_params();
+    qp.ftype = (llama_ftype) ftype;
+    qp.nthread = n_threads;
+    qp.allow_requantize = true;
+    if (llama_model_quantize(path_in, path_out, &qp) != 0) {
+        std::string why = take_log_errors();
+        return fail(SIRIUS_ERR_MODEL_LOAD, std::string("quantizing ") + path_in + " failed" + (why.empty() ? "" : ": " + why));
+    }
+    return SIRIUS_OK;
+}
+
 int32_t sirius_tokenize(const sirius_model * m, const char * text, int32_t text_len, int32_t add_special,
                         int32_t parse_special, int32_t * tokens, int32_t n_max, int32_t * n_out) {
     if (!m || (!text && text_len > 0) || text_len < 0) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad tokenize arguments");

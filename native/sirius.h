@@ -127,6 +127,11 @@ SIRIUS_API int32_t sirius_model_is_eog(const sirius_model * model, int32_t token
 SIRIUS_API int32_t sirius_model_meta(const sirius_model * model, const char * key, char * buf, int32_t buf_len,
                                      int32_t * n_out);
 
+/* Writes a copy of a GGUF model quantised to ftype (llama.cpp's llama_ftype numbering, e.g. 2 = Q4_0,
+ * 7 = Q8_0, 15 = Q4_K_M), requantising if needed. Tensors whose shape the type cannot hold fall back as in
+ * llama-quantize. */
+SIRIUS_API int32_t sirius_quantize(const char * path_in, const char * path_out, int32_t ftype, int32_t n_threads);
+
 /* Text <-> tokens. add_special: BOS/EOS as the model's tokenizer wants; parse_special: "<|im_start|>" etc.
  * become control tokens. */
 SIRIUS_API int32_t sirius_tokenize(const sirius_model * model, const char * text, int32_t text_len,

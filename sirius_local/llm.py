@@ -7,6 +7,7 @@ hands chunks over a queue, so closing the stream (or Ctrl-C) cancels generation 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
@@ -319,8 +320,8 @@ class LLM:
         c_cb = ffi.callback("sirius_token_callback", cb)
         res = ffi.new("sirius_generate_result *")
         arr = ffi.new("int32_t[]", prompt_tokens)
-        if not self._busy.acquire(blocking=False):
-            raise SiriusError("this LLM is busy with another generation: finish or close that stream first")
+        # Calls on one LLM are serialised (a cancelled stream's worker releases the lock within a token).
+        self._busy.acquire()
         try:
             rc = lib.sirius_generate(self._live(), arr, len(prompt_tokens), p, c_cb, ffi.NULL, res)
         finally:
@@ -369,8 +370,8 @@ class LLM:
                 q.put(("error", e))
 
         t = threading.Thread(target=work, name="sirius-generate", daemon=True)
-        t.start()
         try:
+            t.start()  # inside the try: a Ctrl-C while start() waits for the thread must still cancel it
             while True:
                 try:
                     kind, val = q.get(timeout=0.1)
@@ -389,7 +390,10 @@ class LLM:
                     raise val
         finally:
             cancel.set()
-            t.join()
+            try:
+                t.join()
+            except RuntimeError:  # interrupted inside start(): the thread stops at its first token
+                pass
 
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
                           top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
@@ -417,8 +421,9 @@ class LLM:
 
         if stream:
             def gen():
-                for text, stats in self._stream(toks, params):
-                    yield chunk(text, None) if stats is None else chunk("", stats["finish_reason"], stats)
+                with contextlib.closing(self._stream(toks, params)) as pieces:
+                    for text, stats in pieces:
+                        yield chunk(text, None) if stats is None else chunk("", stats["finish_reason"], stats)
             return gen()
 
         parts: list[bytes] = []
@@ -447,14 +452,16 @@ class LLM:
             def gen():
                 yield {**base("chat.completion.chunk"),
                        "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
-                for text, stats in self._stream(toks, params):
-                    if stats is None:
+                # closing(): a closed or interrupted outer stream stops generation now, not whenever the garbage
+                # collector reaches the inner generator (the session stays locked until then).
+                with contextlib.closing(self._stream(toks, params)) as pieces:
+                    for text, stats in pieces:
+                        if stats is None:
+                            delta, finish, extra = {"content": text}, None, {}
+                        else:
+                            delta, finish, extra = {}, stats["finish_reason"], {"usage": _usage(stats), "stats": stats}
                         yield {**base("chat.completion.chunk"),
-                               "choices": [{"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}]}
-                    else:
-                        yield {**base("chat.completion.chunk"),
-                               "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": stats["finish_reason"]}],
-                               "usage": _usage(stats), "stats": stats}
+                               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}], **extra}
             return gen()
 
         parts: list[bytes] = []

@@ -1,5 +1,10 @@
 """Batched evaluation, KV truncation, the C decode loop, sampling, stop strings, streaming and chat."""
 
+import os
+import signal
+import threading
+import time
+
 import numpy as np
 import pytest
 
@@ -155,3 +160,41 @@ def test_closed_llm_raises(model_path):
     m.close()
     with pytest.raises(SiriusError, match="closed"):
         m.create_completion("hi")
+
+
+def test_interrupted_chat_stream_releases_session_at_once(llm):
+    """An exception in the consumer (as Ctrl-C in `chat`) or close() must stop generation before the next call,
+    without waiting for garbage collection."""
+    msgs = [{"role": "user", "content": "Write a long story about a dragon."}]
+    for how in ("close", "raise"):
+        stream = llm.create_chat_completion(msgs, max_tokens=300, stream=True)
+        try:
+            for i, _chunk in enumerate(stream):
+                if i == 4:
+                    if how == "close":
+                        stream.close()
+                        break
+                    raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            stream.close()
+        out = llm.create_chat_completion([{"role": "user", "content": "Say hi."}], max_tokens=8)
+        assert out["choices"][0]["message"]["content"]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.005, 0.02, 0.05, 0.3, 0.9])
+def test_sigint_during_chat_stream_releases_session(llm, delay):
+    """Ctrl-C as `chat` gets it: a real SIGINT lands wherever the main thread is while it consumes a stream."""
+    msgs = [{"role": "user", "content": "Write a long story about a dragon."}]
+    stream = llm.create_chat_completion(msgs, max_tokens=400, stream=True)
+    timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            timer.start()
+            for chunk in stream:
+                _ = dict(chunk)  # keep the main thread busy in Python between chunks too
+            time.sleep(5)  # a stream that ended before the signal: take it here
+    finally:
+        timer.cancel()
+    stream.close()
+    out = llm.create_chat_completion([{"role": "user", "content": "Say hi."}], max_tokens=8)
+    assert out["choices"][0]["message"]["content"]
