@@ -16,6 +16,11 @@
 #include "ggml.h"
 #include "gguf.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -89,14 +94,44 @@ int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTe
     return fail(SIRIUS_ERR_INTERNAL, "could not allocate a compact FFN tensor");
 }
 
-// Reads a tensor's bytes from the GGUF file.
-bool read_tensor(FILE * f, size_t data_offset, const gguf_context * g, const char * name, std::vector<uint8_t> & out) {
-    int64_t id = gguf_find_tensor(g, name);
-    if (id < 0) return false;
-    out.resize(gguf_get_tensor_size(g, id));
-    if (fseeko(f, (off_t) (data_offset + gguf_get_tensor_offset(g, id)), SEEK_SET) != 0) return false;
-    return fread(out.data(), 1, out.size(), f) == out.size();
-}
+// The GGUF file mapped read-only: tensor bytes in their file layout, sharing the page cache that llama.cpp's
+// own mapping already filled.
+struct MappedGGUF {
+    gguf_context *  g = nullptr;
+    const uint8_t * base = nullptr;
+    size_t          size = 0;
+    size_t          data_offset = 0;
+
+    bool open(const std::string & path) {
+        gguf_init_params gp = {true, nullptr};
+        g = gguf_init_from_file(path.c_str(), gp);
+        if (!g) return false;
+        data_offset = gguf_get_data_offset(g);
+        int fd = ::open(path.c_str(), O_RDONLY);
+        if (fd < 0) return false;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && st.st_size > 0) {
+            void * p = mmap(nullptr, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+            if (p != MAP_FAILED) {
+                base = static_cast<const uint8_t *>(p);
+                size = (size_t) st.st_size;
+            }
+        }
+        ::close(fd);
+        return base != nullptr;
+    }
+    // The bytes of a tensor, or nullptr if it is absent or outside the file.
+    const uint8_t * tensor(const char * name, size_t expect) const {
+        int64_t id = gguf_find_tensor(g, name);
+        if (id < 0 || gguf_get_tensor_size(g, id) != expect) return nullptr;
+        size_t off = data_offset + gguf_get_tensor_offset(g, id);
+        return off + expect <= size ? base + off : nullptr;
+    }
+    ~MappedGGUF() {
+        if (base) munmap(const_cast<uint8_t *>(base), size);
+        if (g) gguf_free(g);
+    }
+};
 
 }  // namespace
 
@@ -173,17 +208,13 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
     sp->group_size.assign(n_layer, 0);
     sp->info.n_layers = n_layer;
 
-    gguf_init_params gp = {true, nullptr};
-    gguf_context * g = gguf_init_from_file(s->model->path.c_str(), gp);
-    FILE * f = g ? fopen(s->model->path.c_str(), "rb") : nullptr;
-    if (!g || !f) {
-        if (g) gguf_free(g);
-        return fail(SIRIUS_ERR_IO, "cannot re-read the model file for the sparse FFN: " + s->model->path);
+    MappedGGUF file;
+    if (!file.open(s->model->path)) {
+        return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
     }
-    const size_t data_offset = gguf_get_data_offset(g);
 
     int64_t kept_neurons = 0, total_neurons = 0, ffn_params_skipped = 0;
-    std::vector<uint8_t> src, dst;
+    std::vector<uint8_t> dst;
     int32_t rc = SIRIUS_OK;
     char name[3][96];
     for (int32_t il = 0; il < n_layer && rc == SIRIUS_OK; ++il) {
@@ -216,13 +247,14 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
         ggml_tensor * compact[3] = {nullptr, nullptr, nullptr};
         for (int j = 0; j < 2 && rc == SIRIUS_OK; ++j) {
             const ggml_tensor * orig = j == 0 ? up : gate;
-            if (!read_tensor(f, data_offset, g, name[j], src)) {
+            const uint8_t * src = file.tensor(name[j], ggml_nbytes(orig));
+            if (!src) {
                 rc = fail(SIRIUS_ERR_IO, std::string("cannot read ") + name[j] + " from " + s->model->path);
                 break;
             }
             const size_t row = ggml_row_size(orig->type, n_embd), grp = row * G;
             dst.resize(grp * k);
-            for (int64_t q = 0; q < k; ++q) memcpy(dst.data() + q * grp, src.data() + (size_t) keep[q] * grp, grp);
+            for (int64_t q = 0; q < k; ++q) memcpy(dst.data() + q * grp, src + (size_t) keep[q] * grp, grp);
             CompactTensor c;
             if ((rc = alloc_like(orig, n_embd, k * G, c)) != SIRIUS_OK) break;
             ggml_backend_tensor_set(c.t, dst.data(), 0, dst.size());
@@ -231,14 +263,15 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
         }
         if (rc != SIRIUS_OK) break;
         // down: in every one of its n_embd rows, the quant blocks of the kept groups.
-        if (!read_tensor(f, data_offset, g, name[2], src)) {
+        const uint8_t * src = file.tensor(name[2], ggml_nbytes(down));
+        if (!src) {
             rc = fail(SIRIUS_ERR_IO, std::string("cannot read ") + name[2] + " from " + s->model->path);
             break;
         }
         const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G), crow = blk * k;
         dst.resize(crow * n_embd);
         for (int64_t r = 0; r < n_embd; ++r) {
-            const uint8_t * srow = src.data() + (size_t) r * row;
+            const uint8_t * srow = src + (size_t) r * row;
             uint8_t * drow = dst.data() + (size_t) r * crow;
             for (int64_t q = 0; q < k; ++q) memcpy(drow + q * blk, srow + (size_t) keep[q] * blk, blk);
         }
@@ -259,8 +292,6 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
         total_neurons += n_ff;
         ffn_params_skipped += 3 * n_embd * (n_ff - k * G);
     }
-    fclose(f);
-    gguf_free(g);
     if (rc != SIRIUS_OK) return rc;
 
     for (const auto & c : sp->owned) sp->info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
