@@ -405,8 +405,6 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads_batch;
     cp.no_perf = true;
-    cp.cb_eval = sirius::eval_callback;  // returns at once unless the Griffin statistic is being collected
-    cp.cb_eval_user_data = s;
     clear_log_errors();
     llama_context * ctx = llama_init_from_model(m->model, cp);
     if (!ctx) {
@@ -508,7 +506,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     auto t0 = std::chrono::steady_clock::now();
     if (sparse) sirius_griffin_collect(s, 1);
     int32_t prc = decode(s, prompt + common, n_prompt - common, false, nullptr);
-    s->collect = false;
+    if (sparse) sirius_griffin_collect(s, 0);
     if (prc != SIRIUS_OK) return prc;
     res.t_prompt_ms = ms_since(t0);
     if (sparse) {

@@ -72,6 +72,9 @@ int ffn_act_layer(const char * name) {
 int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTensor & out) {
     ggml_init_params ip = {ggml_tensor_overhead() * 2, nullptr, true};
     ggml_backend_buffer_type_t buft = like->buffer ? ggml_backend_buffer_get_type(like->buffer) : ggml_backend_cpu_buffer_type();
+    if (ggml_backend_buft_is_host(buft) && strcmp(ggml_backend_buft_name(buft), "CPU_Mapped") == 0) {
+        buft = ggml_backend_cpu_buffer_type();  // weights read from the mmapped file: the copy is plain host memory
+    }
     for (int attempt = 0; attempt < 2; ++attempt) {
         out.ctx = ggml_init(ip);
         out.t = ggml_new_tensor_2d(out.ctx, like->type, ne0, ne1);
@@ -321,6 +324,8 @@ int32_t sirius_griffin_collect(sirius_session * s, int32_t collect) {
         s->griffin_tokens = 0;
     }
     s->collect = collect != 0;
+    // The callback exists only while collecting: other batches run exactly as stock llama.cpp does.
+    llama_sirius_set_eval_callback(s->ctx, s->collect ? sirius::eval_callback : nullptr, s->collect ? s : nullptr);
     return SIRIUS_OK;
 }
 
