@@ -24,6 +24,7 @@ from reference import LlamaReference
 from sirius_local import LLM
 from sirius_local.quantize import quantize
 from test_reference import PROMPT
+from test_sparse import keep_masks
 
 
 def distance(ours, ref):
@@ -70,14 +71,9 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype):
         m.set_ffn_mode("sparse")
         sparse = m.eval([nxt])
         m.set_ffn_mode("dense")
-        keep = {}
-        for il in range(30):
-            groups, G = m.sparse_groups(il)
-            mask = np.zeros(1536, dtype=bool)
-            for g in groups:
-                mask[g * G:(g + 1) * G] = True
+        keep = keep_masks(m)
+        for mask in keep.values():
             assert abs(mask.mean() - 0.5) <= 0.09  # 6 groups of 256 for K-quants: 3 kept
-            keep[il] = mask
     smax, smean, _ = distance(sparse, ref.logits(toks + [nxt], ffn_keep=keep, keep_from=len(toks))[-1:])
     # + a floor for float weights, whose dense error is ~0: float32 sums over the compact FFN's fewer terms round
     # differently (measured on F32: max 0.039, mean 0.016).

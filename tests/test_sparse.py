@@ -33,6 +33,18 @@ def prefill_collect(llm, toks):
     llm.griffin_collect(False)
 
 
+def keep_masks(llm, n_layer: int = 30, n_ff: int = 1536) -> dict[int, np.ndarray]:
+    """Per layer, the FFN neurons the compact FFN keeps, as a boolean mask for LlamaReference(ffn_keep=...)."""
+    keep = {}
+    for il in range(n_layer):
+        groups, G = llm.sparse_groups(il)
+        mask = np.zeros(n_ff, dtype=bool)
+        for g in groups:
+            mask[g * G:(g + 1) * G] = True
+        keep[il] = mask
+    return keep
+
+
 def griffin_reference(z: np.ndarray) -> np.ndarray:
     """Griffin's statistic: rows normalised to unit L2 norm, then the L2 norm of each neuron's column."""
     zn = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -79,13 +91,7 @@ def test_sparse_decode_matches_masked_reference(llm, toks, reference):
     llm.set_ffn_mode("sparse")
     ours = llm.eval([nxt])[0]
     llm.set_ffn_mode("dense")
-    keep = {}
-    for il in range(30):
-        groups, G = llm.sparse_groups(il)
-        mask = np.zeros(1536, dtype=bool)
-        for g in groups:
-            mask[g * G:(g + 1) * G] = True
-        keep[il] = mask
+    keep = keep_masks(llm)
     full = toks + [nxt]
     ref_sparse = reference.logits(full, ffn_keep=keep, keep_from=len(toks))[-1:]
     ref_dense = reference.logits(full)[-1:]
