@@ -9,9 +9,12 @@
 #include <string>
 #include <vector>
 
+#include <chrono>
+
 namespace sirius {
 int32_t fail(int32_t code, std::string msg);
 struct SparseFFN;  // sparse.cpp
+class TextStream;  // text.h
 }  // namespace sirius
 
 struct sirius_model {
@@ -38,12 +41,32 @@ struct sirius_session {
     int32_t                         griffin_tokens = 0;
     std::vector<float>              scratch;
 
+    // Measured dense batch costs, verify_ms[k] for a k-token batch (0: not measured); from sirius_measure_verify.
+    std::vector<double> verify_ms;
+
     std::unique_ptr<sirius::SparseFFN> sparse;  // compact FFN of the current prompt, if built
     sirius_session();   // both out of line: SparseFFN is complete only in sparse.cpp
     ~sirius_session();
 };
 
 namespace sirius {
+// sirius.cpp
+std::string     token_piece(const llama_vocab * vocab, llama_token tok);
+int32_t         check_tokens(const sirius_session * s, const int32_t * tokens, int32_t n);
+// Decodes tokens at positions n_past.. in chunks of n_batch; rows: all (logits_all) or the last. On failure the
+// session is rolled back to where it was.
+int32_t         decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logits_all, float * logits_out);
+void            truncate_to(sirius_session * s, int32_t n_keep);
+int32_t         check_sampling(const sirius_sampling & sp);
+llama_sampler * make_sampler(const sirius_sampling & sp);
+double          ms_since(std::chrono::steady_clock::time_point t0);
+
+// correction.cpp: the Sirius loop, run after the dense prefill with the sparse FFN built. Streams verified
+// tokens through `text` and callback; leaves the session holding dense KV for the kept tokens.
+int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, TextStream & text,
+                        sirius_token_callback callback, void * user_data, sirius_generate_result & res);
+int32_t check_correction_params(const sirius_generate_params & p);
+
 // sparse.cpp
 bool    eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
 int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info);

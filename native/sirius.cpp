@@ -102,6 +102,10 @@ int32_t copy_out(const std::string & s, char * buf, int32_t buf_len, int32_t * n
     return SIRIUS_OK;
 }
 
+}  // namespace
+
+namespace sirius {
+
 std::string token_piece(const llama_vocab * vocab, llama_token tok) {
     char small[128];
     int32_t n = llama_token_to_piece(vocab, tok, small, sizeof(small), 0, false);
@@ -220,6 +224,50 @@ llama_sampler * make_sampler(const sirius_sampling & sp) {
 
 double ms_since(std::chrono::steady_clock::time_point t0) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace sirius
+
+using sirius::check_sampling;
+using sirius::check_tokens;
+using sirius::decode;
+using sirius::make_sampler;
+using sirius::ms_since;
+using sirius::token_piece;
+using sirius::truncate_to;
+
+namespace {
+
+// Dense or sparse decoding, one token per step, sampled with llama.cpp's sampler chain.
+int32_t plain_loop(sirius_session * s, const sirius_generate_params & p, sirius::TextStream & text,
+                   sirius_token_callback callback, void * user_data, sirius_generate_result & res) {
+    llama_sampler * smpl = make_sampler(p.sampling);
+    int32_t status = SIRIUS_OK;
+    while (true) {
+        const llama_token tok = llama_sampler_sample(smpl, s->ctx, -1);
+        if (!p.ignore_eos && llama_vocab_is_eog(s->model->vocab, tok)) {
+            res.finish_reason = SIRIUS_FINISH_STOP;
+            break;
+        }
+        res.n_generated++;
+        const std::string out = text.push(token_piece(s->model->vocab, tok));
+        const int cancel = callback ? callback(user_data, &tok, 1, out.data(), (int32_t) out.size()) : 0;
+        if (text.stopped()) {
+            res.finish_reason = SIRIUS_FINISH_STOP;
+            break;
+        }
+        if (cancel) {
+            res.finish_reason = SIRIUS_FINISH_CANCELLED;
+            break;
+        }
+        if (res.n_generated >= p.max_tokens || s->tokens.size() >= s->n_ctx) {
+            res.finish_reason = SIRIUS_FINISH_LENGTH;
+            break;
+        }
+        if ((status = decode(s, &tok, 1, false, nullptr)) != SIRIUS_OK) break;
+    }
+    llama_sampler_free(smpl);
+    return status;
 }
 
 }  // namespace
@@ -468,15 +516,19 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_tokens must be >= 1, got " + std::to_string(params->max_tokens));
     }
     if (int32_t rc = check_sampling(params->sampling)) return rc;
-    const bool sparse = params->mode == SIRIUS_MODE_SPARSE;
+    const bool corrected = params->mode == SIRIUS_MODE_SIRIUS;
+    const bool sparse = params->mode == SIRIUS_MODE_SPARSE || corrected;  // both need the sparse FFN
     if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse)");
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse, 2 = sirius)");
     }
     if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(params->sparsity));
     }
     if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(params->density));
+    }
+    if (corrected) {
+        if (int32_t rc = sirius::check_correction_params(*params)) return rc;
     }
     if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad stop list");
     std::vector<std::string> stops;
@@ -514,37 +566,18 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         if (res.sparse.n_layers_sparse > 0) sirius::set_ffn_mode(s, SIRIUS_MODE_SPARSE);
     }
 
-    llama_sampler * smpl = make_sampler(params->sampling);
     sirius::TextStream text(stops);
     int32_t status = SIRIUS_OK;
     res.finish_reason = SIRIUS_FINISH_LENGTH;
     t0 = std::chrono::steady_clock::now();
-    while (true) {
-        const llama_token tok = llama_sampler_sample(smpl, s->ctx, -1);
-        if (!params->ignore_eos && llama_vocab_is_eog(s->model->vocab, tok)) {
-            res.finish_reason = SIRIUS_FINISH_STOP;
-            break;
-        }
-        res.n_generated++;
-        const std::string out = text.push(token_piece(s->model->vocab, tok));
-        const int cancel = callback ? callback(user_data, &tok, 1, out.data(), (int32_t) out.size()) : 0;
-        if (text.stopped()) {
-            res.finish_reason = SIRIUS_FINISH_STOP;
-            break;
-        }
-        if (cancel) {
-            res.finish_reason = SIRIUS_FINISH_CANCELLED;
-            break;
-        }
-        if (res.n_generated >= params->max_tokens || s->tokens.size() >= s->n_ctx) {
-            res.finish_reason = SIRIUS_FINISH_LENGTH;
-            break;
-        }
-        if ((status = decode(s, &tok, 1, false, nullptr)) != SIRIUS_OK) break;
+    if (corrected) {
+        status = sirius::correction_loop(s, *params, text, callback, user_data, res);
+    } else {
+        status = plain_loop(s, *params, text, callback, user_data, res);
     }
-    res.t_generate_ms = ms_since(t0);
+    // Measuring the session's cost curve is a one-time set-up, reported on its own, not decoding time.
+    res.t_generate_ms = ms_since(t0) - res.sirius.t_calibrate_ms;
     sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);  // eval() and the next prefill are dense again
-    llama_sampler_free(smpl);
     const std::string rest = text.flush();
     if (callback && !rest.empty()) callback(user_data, nullptr, 0, rest.data(), (int32_t) rest.size());
     if (result) *result = res;

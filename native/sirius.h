@@ -44,8 +44,15 @@ typedef enum {
 
 typedef enum {
     SIRIUS_MODE_DENSE  = 0,  /* the full model */
-    SIRIUS_MODE_SPARSE = 1   /* single-token decodes use the compact sparse FFN, if one is built */
+    SIRIUS_MODE_SPARSE = 1,  /* single-token decodes use the compact sparse FFN, if one is built */
+    SIRIUS_MODE_SIRIUS = 2   /* sparse drafts checked every period by one dense batch (the correction loop) */
 } sirius_mode;
+
+typedef enum {
+    SIRIUS_ACCEPT_RELAXED = 0,  /* the paper's rule: softmax(dense_logits / accept_temperature)[draft] >= threshold */
+    SIRIUS_ACCEPT_STRICT  = 1,  /* only the dense argmax: output identical to dense greedy decoding */
+    SIRIUS_ACCEPT_SAMPLE  = 2   /* speculative sampling (temperature > 0): output distributed as the dense model's */
+} sirius_acceptance;
 
 typedef enum {
     SIRIUS_SPARSITY_GRIFFIN = 0  /* neuron groups chosen from the prompt's FFN activations, frozen per prompt */
@@ -77,6 +84,41 @@ typedef struct {
     uint32_t seed;
 } sirius_sampling;
 
+/* Called once per verification (tests, tracing): the period started at position pos with the verified token
+ * at pos, then k - 1 drafts; probs[i] is the dense model's probability of drafts[i] under the acceptance rule
+ * (relaxed: softmax(logits / accept_temperature); strict: 1 if it is the argmax, else 0; sample: the warped
+ * dense distribution); n_accepted drafts were kept and `correction` was appended after them. */
+typedef void (*sirius_period_callback)(void * user_data, int32_t pos, int32_t k, const int32_t * drafts,
+                                       const float * probs, int32_t n_accepted, int32_t correction);
+
+typedef struct {
+    int32_t period;              /* K >= 2: tokens per verification (K - 1 drafts); 0: auto (cost model) */
+    int32_t max_period;          /* auto: largest K considered (>= 2) */
+    int32_t acceptance;          /* sirius_acceptance */
+    float   threshold;           /* relaxed: in (0, 1] */
+    float   accept_temperature;  /* relaxed: > 0 (0.6 in the paper) */
+    int32_t width;               /* draft beams verified together; only 1 is implemented */
+    sirius_period_callback on_period;  /* may be NULL */
+    void *  period_user_data;
+} sirius_correction_params;
+
+typedef struct {
+    int32_t periods;         /* verifications */
+    int32_t drafted;         /* sparse draft tokens verified */
+    int32_t accepted;        /* of which kept */
+    int32_t corrections;     /* periods that ended on a rejected draft (the dense token replaced it) */
+    int32_t advanced;        /* tokens advanced by verifications (accepted + one per period) */
+    int32_t dense_steps;     /* tokens decoded densely one at a time (auto found drafting unprofitable, or the end) */
+    int32_t last_period;     /* K of the last period */
+    int32_t auto_dense;      /* auto: the cost model chose plain dense decoding for the rest of the call */
+    double  t_draft_ms;      /* sparse drafting */
+    double  t_verify_ms;     /* dense verify batches, acceptance included */
+    double  t_dense_ms;      /* single dense steps */
+    double  sparse_step_ms;  /* measured mean cost of one sparse step */
+    double  dense_step_ms;   /* measured cost of one dense decode step on this session (0: no room to measure) */
+    double  t_calibrate_ms;  /* measuring the session's dense cost curve (first call only) */
+} sirius_correction_stats;
+
 typedef struct {
     int32_t              max_tokens;  /* > 0 */
     sirius_sampling      sampling;
@@ -85,7 +127,8 @@ typedef struct {
     int32_t              ignore_eos;
     int32_t              mode;      /* sirius_mode */
     int32_t              sparsity;  /* sirius_sparsity, for SIRIUS_MODE_SPARSE */
-    float                density;   /* (0, 1], for SIRIUS_MODE_SPARSE */
+    float                density;   /* (0, 1], for SIRIUS_MODE_SPARSE and SIRIUS_MODE_SIRIUS */
+    sirius_correction_params sirius;  /* SIRIUS_MODE_SIRIUS */
 } sirius_generate_params;
 
 typedef struct {
@@ -95,7 +138,8 @@ typedef struct {
     int32_t finish_reason;    /* sirius_finish_reason */
     double  t_prompt_ms;      /* prefill wall time */
     double  t_generate_ms;    /* decode loop wall time */
-    sirius_sparse_info sparse; /* SIRIUS_MODE_SPARSE: what was built (n_layers_sparse = 0 if it ran dense) */
+    sirius_sparse_info sparse; /* SPARSE and SIRIUS modes: what was built (n_layers_sparse = 0 if it ran dense) */
+    sirius_correction_stats sirius;  /* SIRIUS_MODE_SIRIUS */
 } sirius_generate_result;
 
 /* Called with newly generated token ids and the text that became final with them (text may lag tokens:
@@ -177,6 +221,18 @@ SIRIUS_API int32_t sirius_griffin_scores(const sirius_session * session, int32_t
 /* The neuron groups kept in layer il (ascending) and the group size; returns the count, -1 if none. */
 SIRIUS_API int32_t sirius_sparse_groups(const sirius_session * session, int32_t il, int32_t * groups, int32_t n_max,
                                         int32_t * group_size);
+
+/* Cost of dense batches on this session (the verify cost curve): for each ks[i] in [1, 512], the median over
+ * `repeats` runs of the wall time (ms) of one batch of ks[i] tokens with logits at every position, evaluated
+ * after the tokens the session holds and then removed again (the session is unchanged). The last measured
+ * curve also feeds the correction loop's auto period. */
+SIRIUS_API int32_t sirius_measure_verify(sirius_session * session, const int32_t * ks, int32_t n, int32_t repeats,
+                                         double * ms_out);
+
+/* The sample acceptance rule on given distributions (tests): n_trials times, draw a draft from q, accept or
+ * resample it against p; out_tokens gets the resulting tokens (distributed as p), *n_kept how many drafts stood. */
+SIRIUS_API int32_t sirius_speculative_sample(const float * p, const float * q, int32_t n, uint32_t seed, int32_t n_trials,
+                                             int32_t * out_tokens, int32_t * n_kept);
 
 /* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
  * The prompt replaces whatever followed that prefix. */

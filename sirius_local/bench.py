@@ -1,12 +1,19 @@
 """`sirius-local bench`: decode speed of each mode side by side with dense llama.cpp, in one process.
 
-Every configuration runs the same prompt for the same number of tokens (end-of-generation ignored), on the
-same model, build and threads. Configurations are interleaved inside each repeat, so drift on a shared
-machine hits them alike; results are medians over repeats and ratios to the dense median.
+Every configuration runs the same prompts for the same number of tokens (end-of-generation ignored), on the
+same model, build and threads. Configurations are interleaved inside each repeat (repeat r uses prompt
+r mod n), so drift on a shared machine hits them alike; results are medians over repeats and ratios to the
+dense median.
 
 The ideal ratio is the bytes-read bound: a decode step reads every weight byte once (the token embedding only
 for its one row, unless it doubles as the output head); a sparse step skips the FFN bytes of the neurons it
 drops. ideal_ratio = dense bytes / sparse bytes.
+
+Sirius rows add AAL, effective density, agreement with dense greedy (the share of dense greedy's tokens
+reproduced before the first difference) and the cost model's prediction of their speed from separately
+measured parts: sparse step s (the sparse-only row at that density, else the run's own drafts), the dense
+K-token batch v(K) (the verify curve) and the per-draft acceptance rate a = accepted / (accepted +
+corrections): predicted tok/s = (1 + a + ... + a^(K-1)) / ((K-1)·s + v(K)).
 """
 
 from __future__ import annotations
@@ -23,6 +30,15 @@ from gguf import GGUFReader
 
 DEFAULT_PROMPT = ("Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                   "How many clips did Natalia sell altogether in April and May?\nA: Let's think step by step.")
+# GSM-style questions (GSM8K train-set style), answered step by step; repeat r uses prompt r mod 3.
+GSM_PROMPTS = [
+    DEFAULT_PROMPT,
+    "Q: Weng earns $12 an hour for babysitting. Yesterday, she just did 50 minutes of babysitting. How much did "
+    "she earn?\nA: Let's think step by step.",
+    "Q: A robe takes 2 bolts of blue fiber and half that much white fiber. How many bolts in total does it take?\n"
+    "A: Let's think step by step.",
+]
+VERIFY_KS = [1, 2, 4, 8, 12, 16, 24, 32]
 
 
 def weight_bytes(path: str) -> dict:
@@ -56,73 +72,151 @@ def machine_info(llm) -> dict:
             "system_info": ffi.string(lib.sirius_system_info()).decode().strip()}
 
 
-def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt, n_ctx=2048, log=print) -> dict:
+def prefix_agreement(ids: list[int], dense_ids: list[int]) -> float:
+    n = 0
+    for a, b in zip(ids, dense_ids):
+        if a != b:
+            break
+        n += 1
+    return n / len(dense_ids) if dense_ids else 1.0
+
+
+def predicted_tps(k: int, a: float, s_ms: float, v_ms: float) -> float:
+    advance = sum(a ** i for i in range(k))
+    return 1000.0 * advance / ((k - 1) * s_ms + v_ms)
+
+
+def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3) -> list[dict]:
+    """Dense K-token batches (logits at every position) after a prefilled prompt, as multiples r(K) of a
+    one-token decode step."""
+    llm.reset()
+    llm.eval(llm.tokenize(prompt, add_bos=True), logits_all=False)
+    ms = llm.measure_verify(ks, repeats=repeats)
+    one = ms[ks.index(1)] if 1 in ks else llm.measure_verify([1], repeats)[0]
+    return [{"k": k, "seconds": m / 1000.0, "r": m / one} for k, m in zip(ks, ms)]
+
+
+def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
+        acceptance="relaxed", threshold=0.1, curve=False, n_ctx=2048, log=print) -> dict:
     from .llm import LLM
 
+    prompts = list(prompts or ([prompt] if prompt else GSM_PROMPTS))
     with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads) as llm:
         wb = weight_bytes(llm.model_path)
         configs = []
-        if "dense" in modes:
-            configs.append(("dense", None, 1.0))
+        if "dense" in modes or "sirius" in modes:
+            configs.append(("dense", None, 1.0, None))
         if "sparse" in modes:
-            configs += [("sparse", sp, d) for sp in sparsities for d in densities]
-        llm.create_completion(prompt, max_tokens=4)  # warm-up: page the weights in
+            configs += [("sparse", sp, d, None) for sp in sparsities for d in densities]
+        if "sirius" in modes:
+            configs += [("sirius", sp, d, k) for sp in sparsities for d in densities for k in periods]
+        llm.create_completion(prompts[0], max_tokens=4)  # warm-up: page the weights in
         samples = {c: [] for c in configs}
-        extra = {}
+        stats = {c: [] for c in configs}
         for rep in range(repeats):
+            p = prompts[rep % len(prompts)]
+            dense_ids = None
             for c in configs:
-                mode, sp, d = c
+                mode, sp, d, k = c
                 kw = dict(mode=mode) if mode == "dense" else dict(mode=mode, sparsity=sp, density=d)
+                if mode == "sirius":
+                    kw.update(period=k, acceptance=acceptance, threshold=threshold)
                 llm.reset()
-                st = llm.create_completion(prompt, max_tokens=tokens, ignore_eos=True, **kw)["stats"]
+                st = llm.create_completion(p, max_tokens=tokens, ignore_eos=True, **kw)["stats"]
+                if mode == "dense":
+                    dense_ids = st["token_ids"]
+                st["agreement_with_dense"] = prefix_agreement(st["token_ids"], dense_ids) if dense_ids else None
                 samples[c].append(st["tokens_per_second"])
-                extra[c] = st
-                log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f}: {st['tokens_per_second']:7.2f} tok/s")
+                stats[c].append(st)
+                extra = f" AAL {st['aal']:.2f}/{k}" if mode == "sirius" and st["aal"] else ""
+                log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f} {k or '':>4}: "
+                    f"{st['tokens_per_second']:7.2f} tok/s{extra}")
+        vc = verify_curve(llm, prompts[0]) if curve or "sirius" in modes else None
         dense_tps = statistics.median(samples[configs[0]]) if configs[0][0] == "dense" else None
         runs = []
         for c in configs:
-            mode, sp, d = c
-            st = extra[c]
+            mode, sp, d, k = c
+            sts = stats[c]
+            st = sts[-1]
             tps = statistics.median(samples[c])
             if mode == "dense":
+                if "dense" not in modes:
+                    continue
                 ideal, frac = 1.0, 1.0
             else:
                 # Bytes skipped: per sparse layer, the FFN bytes of the dropped fraction of neurons.
                 skipped = sum(wb["ffn_per_layer"].values()) * (1.0 - st["density_actual"]) if st["sparse"] else 0.0
                 ideal = wb["per_step"] / (wb["per_step"] - skipped)
                 frac = st["sparse_param_fraction"]
-            runs.append({"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
-                         "samples": samples[c], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
-                         "ideal_ratio": ideal, "sparse_param_fraction": frac,
-                         "density_actual": st.get("density_actual", 1.0), "sparse_bytes": st.get("sparse_bytes", 0),
-                         "sparse_build_seconds": st.get("sparse_build_seconds", 0.0)})
-        return {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
-                "prompt_tokens": extra[configs[0]]["prompt_tokens"], "decode_tokens": tokens, "repeats": repeats,
-                "weight_bytes_per_step": wb["per_step"], "runs": runs}
+            row = {"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
+                   "samples": samples[c], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
+                   "ideal_ratio": ideal, "sparse_param_fraction": frac,
+                   "density_actual": st.get("density_actual", 1.0), "sparse_bytes": st.get("sparse_bytes", 0),
+                   "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
+                   "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
+                   if st["agreement_with_dense"] is not None else None}
+            if mode == "sparse":
+                row["ideal_ratio"] = ideal
+            if mode == "sirius":
+                acc = sum(x["accepted"] for x in sts)
+                rej = sum(x["corrections"] for x in sts)
+                periods = sum(x["periods"] for x in sts)
+                a = acc / (acc + rej) if acc + rej else 0.0
+                sparse_row = ("sparse", sp, d, None)
+                s_ms = (1000.0 / statistics.median(samples[sparse_row]) if sparse_row in samples
+                        else statistics.median(x["sparse_step_ms"] for x in sts))
+                v_ms = {r["k"]: r["seconds"] * 1000.0 for r in vc}
+                v_k = v_ms.get(k) or (vc[-1]["seconds"] * 1000.0 * k / vc[-1]["k"])
+                row.update(period=k, acceptance=acceptance, threshold=threshold if acceptance == "relaxed" else None,
+                           aal=sum(x["advanced"] for x in sts) / periods if periods else None,
+                           effective_density=statistics.median(x["effective_density"] for x in sts),
+                           accept_rate=a, sparse_step_ms=s_ms, verify_ms=v_k,
+                           draft_seconds=statistics.median(x["draft_seconds"] for x in sts),
+                           verify_seconds=statistics.median(x["verify_seconds"] for x in sts),
+                           predicted_tokens_per_second=predicted_tps(k, a, s_ms, v_k))
+                row["ideal_ratio"] = None  # Sirius's bound depends on acceptance: see effective_density
+            runs.append(row)
+        out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
+               "prompt_tokens": stats[configs[0]][0]["prompt_tokens"], "prompts": prompts, "decode_tokens": tokens,
+               "repeats": repeats, "weight_bytes_per_step": wb["per_step"], "runs": runs}
+        if vc:
+            out["verify_curve"] = vc
+        return out
 
 
 def format_table(res: dict) -> str:
     lines = [f"{res['model']} ({res['architecture']}), {res['machine']['threads']} threads, "
              f"{res['decode_tokens']} tokens x {res['repeats']} repeats (medians)",
-             f"{'mode':7} {'sparsity':9} {'density':>7} {'tok/s':>8} {'vs dense':>9} {'ideal':>6} {'params read':>11} "
-             f"{'copy MB':>8}"]
+             f"{'mode':7} {'sparsity':9} {'density':>7} {'K':>3} {'tok/s':>8} {'vs dense':>9} {'ideal':>6} "
+             f"{'params read':>11} {'copy MB':>8} {'AAL':>6} {'eff.dens':>8} {'agree':>6} {'predicted':>9}"]
     for r in res["runs"]:
         ratio = f"{r['ratio_vs_dense']:.3f}x" if r["ratio_vs_dense"] else "-"
-        lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {r['density_actual']:7.2f} {r['tokens_per_second']:8.2f} "
-                     f"{ratio:>9} {r['ideal_ratio']:5.2f}x {r['sparse_param_fraction']:11.3f} {r['sparse_bytes'] / 1e6:8.1f}")
+        ideal = f"{r['ideal_ratio']:5.2f}x" if r["ideal_ratio"] else "    -"
+        sir = (f" {r['aal'] or 0:6.2f} {r['effective_density']:8.2f} {r['agreement_with_dense']:6.2f} "
+               f"{r['predicted_tokens_per_second']:9.2f}") if r["mode"] == "sirius" else ""
+        lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {r['density_actual']:7.2f} {r.get('period') or '-':>3} "
+                     f"{r['tokens_per_second']:8.2f} {ratio:>9} {ideal:>6} {r['sparse_param_fraction']:11.3f} "
+                     f"{r['sparse_bytes'] / 1e6:8.1f}{sir}")
+    if res.get("verify_curve"):
+        lines.append("dense K-token verify, in decode steps r(K): " +
+                     ", ".join(f"K={v['k']}: {v['r']:.2f}" for v in res["verify_curve"]))
     return "\n".join(lines)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="decode speed of dense vs sparse, side by side in one run")
     p.add_argument("model", nargs="?", default=None, help="GGUF path or model name (default: the default model)")
-    p.add_argument("--modes", default="dense,sparse", help="comma list of dense,sparse")
+    p.add_argument("--modes", default="dense,sparse", help="comma list of dense,sparse,sirius")
     p.add_argument("--sparsity", default="griffin", help="comma list (griffin)")
     p.add_argument("--density", default="0.3,0.5,0.7,1.0", help="comma list of densities in (0, 1]")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64, help="decoded tokens per run")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--prompt", default=DEFAULT_PROMPT)
+    p.add_argument("--period", default="16", help="sirius: comma list of K values")
+    p.add_argument("--acceptance", default="relaxed", choices=["relaxed", "strict"], help="sirius acceptance rule")
+    p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed threshold")
+    p.add_argument("--verify-curve", action="store_true", help="also measure dense K-token batch costs r(K)")
+    p.add_argument("--prompt", default=None, help="one prompt instead of the built-in GSM-style ones")
     p.add_argument("--json", default=None, help="write the results here")
     p.set_defaults(func=cmd_bench)
 
@@ -147,8 +241,15 @@ def cmd_bench(a) -> int:
         raise InvalidParameterError(f"bench: densities must be in (0, 1], got {a.density!r}")
     if a.tokens < 1 or a.repeats < 1:
         raise InvalidParameterError("bench: --tokens and --repeats must be >= 1")
+    try:
+        periods = [int(k) for k in a.period.split(",") if k.strip()]
+    except ValueError:
+        raise InvalidParameterError(f"bench: --period must be a comma list of integers >= 2, got {a.period!r}") from None
+    if not periods or any(k < 2 or k > 512 for k in periods):
+        raise InvalidParameterError(f"bench: periods must be in [2, 512], got {a.period!r}")
     res = run(a.model, modes=modes, sparsities=sparsities, densities=densities, threads=a.threads, tokens=a.tokens,
-              repeats=a.repeats, prompt=a.prompt, log=lambda m: print(m, file=sys.stderr, flush=True))
+              repeats=a.repeats, prompt=a.prompt, periods=periods, acceptance=a.acceptance, threshold=a.threshold,
+              curve=a.verify_curve, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -6,6 +6,25 @@ import sys
 
 from .errors import SiriusError
 
+
+def summary(stats: dict) -> str:
+    """One line of figures after a reply or a completion."""
+    parts = [f"{stats['completion_tokens']} tokens", f"{stats['tokens_per_second']:.1f} tok/s"]
+    if stats.get("mode") in ("sparse", "sirius") and stats.get("sparse"):
+        parts.append(f"{stats['sparsity']} density {stats['density_actual']:.2f} "
+                     f"(a sparse step reads {stats['sparse_param_fraction']:.2f} of the parameters)")
+    if stats.get("mode") == "sirius":
+        if stats["periods"]:
+            k = stats["period"] if stats["period"] != "auto" else f"auto={stats['period_last']}"
+            parts.append(f"AAL {stats['aal']:.2f}/{k}")
+            parts.append(f"effective density {stats['effective_density']:.2f}")
+        if stats["auto_dense"]:
+            parts.append("auto: decoded densely (drafting cannot pay on this machine)")
+        if stats.get("speedup_vs_dense"):
+            parts.append(f"{stats['speedup_vs_dense']:.2f}x dense ({stats['dense_tokens_per_second']:.1f} tok/s)")
+    return "[" + ", ".join(parts) + "]"
+
+
 HELP = "Type a message. /reset clears the conversation, /exit quits (Ctrl-D too). Ctrl-C stops a reply."
 
 
@@ -61,4 +80,4 @@ def run_chat(llm, *, system: str | None, sampling: dict) -> int:
             continue
         history.append({"role": "assistant", "content": "".join(reply)})
         if stats:
-            print(f"\n[{stats['completion_tokens']} tokens, {stats['tokens_per_second']:.1f} tok/s]")
+            print("\n" + summary(stats))

@@ -29,15 +29,35 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="dense", choices=["dense", "sparse"],
-                   help="dense: the full model; sparse: the sparse model alone (no correction)")
+    p.add_argument("--mode", default="dense", choices=["dense", "sparse", "sirius"],
+                   help="dense: the full model; sparse: the sparse model alone (no correction); sirius: sparse "
+                        "drafts corrected by the full model every period")
     p.add_argument("--sparsity", default="griffin", choices=["griffin"], help="how the sparse model picks neurons")
-    p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept in sparse mode")
+    p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept by the sparse model")
+    p.add_argument("--period", default="16", type=_period,
+                   help="sirius: tokens per verification K (drafts K-1), or 'auto' to choose from measured costs")
+    p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed: keep a draft if its dense "
+                   "probability at the acceptance temperature is at least this (default 0.1)")
+    p.add_argument("--acceptance", default=None, choices=["relaxed", "strict", "sample"],
+                   help="sirius: relaxed (default when greedy), strict (identical to dense greedy), sample "
+                        "(default when --temperature > 0)")
+    p.add_argument("--accept-temperature", type=float, default=0.6, help="sirius relaxed: softmax temperature (0.6)")
+
+
+def _period(v: str):
+    if v == "auto":
+        return v
+    try:
+        return int(v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"period must be an integer >= 2 or 'auto', got {v!r}") from None
 
 
 def _sampling(a) -> dict:
     return {"max_tokens": a.max_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
-            "min_p": a.min_p, "seed": a.seed, "mode": a.mode, "sparsity": a.sparsity, "density": a.density}
+            "min_p": a.min_p, "seed": a.seed, "mode": a.mode, "sparsity": a.sparsity, "density": a.density,
+            "period": a.period, "threshold": a.threshold, "acceptance": a.acceptance,
+            "accept_temperature": a.accept_temperature}
 
 
 def _load(a):
@@ -57,10 +77,10 @@ def cmd_generate(a) -> int:
         if a.json:
             print(json.dumps(stats), file=sys.stderr)
         else:
-            sparse = (f", sparse {stats['sparsity']} density {stats['density_actual']:.2f} "
-                      f"(reads {stats['sparse_param_fraction']:.2f} of the parameters)") if stats.get("sparse") else ""
-            print(f"[{stats['completion_tokens']} tokens, {stats['tokens_per_second']:.1f} tok/s, "
-                  f"prompt {stats['prompt_tokens']} tokens, finish: {stats['finish_reason']}{sparse}]", file=sys.stderr)
+            from .chat import summary
+
+            print(f"{summary(stats)[:-1]}, prompt {stats['prompt_tokens']} tokens, finish: {stats['finish_reason']}]",
+                  file=sys.stderr)
     return 0
 
 

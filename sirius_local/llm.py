@@ -23,9 +23,10 @@ from . import registry
 from ._native import check, ffi, lib, sized_call
 from .errors import InvalidParameterError, SiriusError
 
-MODES = ("dense", "sparse")
+MODES = ("dense", "sparse", "sirius")
 SPARSITIES = ("griffin",)
-_PLANNED = {"sirius": "mode", "topk": "sparsity", "threshold": "sparsity"}
+ACCEPTANCES = ("relaxed", "strict", "sample")
+_PLANNED = {"topk": "sparsity", "threshold": "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
 
@@ -193,6 +194,18 @@ class LLM:
         with self._busy:
             check(lib.sirius_truncate(self._live(), int(n_keep)))
 
+    def measure_verify(self, ks: Sequence[int], repeats: int = 3) -> list[float]:
+        """Milliseconds of one dense batch of k tokens with logits at every position, for each k (median of
+        `repeats`), measured after the tokens held and removed again. The correction loop's auto period uses
+        the latest measurement."""
+        ks = [int(k) for k in ks]
+        _require(len(ks) > 0 and all(1 <= k <= 512 for k in ks), f"ks must be integers in [1, 512], got {ks!r}")
+        _require(_is_int(repeats) and repeats >= 1, f"repeats must be an integer >= 1, got {repeats!r}")
+        out = ffi.new("double[]", len(ks))
+        with self._busy:
+            check(lib.sirius_measure_verify(self._live(), ffi.new("int32_t[]", ks), len(ks), int(repeats), out))
+        return list(out)
+
     # ----- low level: the sparse FFN ----------------------------------------------------------------------------
 
     def griffin_collect(self, on: bool = True) -> None:
@@ -227,7 +240,7 @@ class LLM:
 
     def set_ffn_mode(self, mode: str) -> None:
         """"sparse": single-token eval() calls use the compact FFN; "dense": the full model."""
-        _require(mode in MODES, f"mode must be one of {MODES}, got {mode!r}")
+        _require(mode in ("dense", "sparse"), f"mode must be 'dense' or 'sparse', got {mode!r}")
         check(lib.sirius_set_ffn_mode(self._live(), MODES.index(mode)))
 
     # ----- chat template ---------------------------------------------------------------------------------------
@@ -250,8 +263,9 @@ class LLM:
 
     # ----- generation ------------------------------------------------------------------------------------------
 
-    def _params(self, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density, n_prompt,
-                ignore_eos=False):
+    def _params(self, n_prompt, *, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density,
+                ignore_eos=False, period=16, threshold=0.1, acceptance=None, accept_temperature=0.6, width=1,
+                max_period=32):
         for what, val in (("mode", mode), ("sparsity", sparsity)):
             if _PLANNED.get(val) == what:
                 raise InvalidParameterError(f"{what} {val!r} is planned but not implemented yet "
@@ -277,6 +291,24 @@ class LLM:
                  "stop must be a non-empty string or a list of non-empty strings")
         seed = self.seed if seed is None else seed
         _require(_is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer in [0, 2**32), got {seed!r}")
+        # The correction loop's knobs (checked here for clear messages; the C side checks them again).
+        _require(period == "auto" or (_is_int(period) and 2 <= period <= 512),
+                 f"period must be an integer in [2, 512] or 'auto', got {period!r}")
+        _require(_is_int(max_period) and 2 <= max_period <= 512, f"max_period must be an integer in [2, 512], got {max_period!r}")
+        if acceptance is None:
+            acceptance = "sample" if temperature > 0 else "relaxed"
+        _require(acceptance in ACCEPTANCES, f"acceptance must be one of {ACCEPTANCES}, got {acceptance!r}")
+        if mode == "sirius":
+            _require(acceptance != "sample" or temperature > 0,
+                     "acceptance='sample' needs temperature > 0 (at temperature 0 use 'strict' or 'relaxed')")
+            _require(acceptance == "sample" or temperature == 0,
+                     f"acceptance={acceptance!r} is greedy: use temperature=0, or acceptance='sample' to sample")
+        _require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1,
+                 f"threshold must be in (0, 1], got {threshold!r}")
+        _require(isinstance(accept_temperature, (int, float)) and math.isfinite(accept_temperature) and accept_temperature > 0,
+                 f"accept_temperature must be a finite number > 0, got {accept_temperature!r}")
+        _require(_is_int(width) and width >= 1, f"width must be an integer >= 1, got {width!r}")
+        _require(width == 1, f"width={width}: tree verification (width > 1) is not implemented yet; use width=1")
 
         p = ffi.new("sirius_generate_params *")
         p.max_tokens = int(max_tokens)
@@ -292,6 +324,12 @@ class LLM:
         p.sparsity = SPARSITIES.index(sparsity)
         p.density = float(density)
         p.ignore_eos = bool(ignore_eos)
+        p.sirius.period = 0 if period == "auto" else int(period)
+        p.sirius.max_period = int(max_period)
+        p.sirius.acceptance = ACCEPTANCES.index(acceptance)
+        p.sirius.threshold = float(threshold)
+        p.sirius.accept_temperature = float(accept_temperature)
+        p.sirius.width = int(width)
         return p, keep
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
@@ -303,10 +341,18 @@ class LLM:
         _require(len(toks) > 0, "the prompt is empty: give some text (or token ids)")
         return toks
 
-    def _run(self, prompt_tokens, params, on_tokens) -> dict:
+    def _run(self, prompt_tokens, params, on_tokens, trace: bool = False) -> dict:
         """Runs sirius_generate; on_tokens(ids, text) is called per callback. Returns stats."""
         p, _keep = params
-        state = {"error": None, "ids": []}
+        state = {"error": None, "ids": [], "trace": []}
+
+        def on_period(_ud, pos, k, drafts, probs, n_accepted, correction):
+            state["trace"].append({"pos": pos, "k": k, "drafts": list(drafts[0:k - 1]),
+                                   "probs": [float(x) for x in probs[0:k - 1]], "accepted": n_accepted,
+                                   "correction": correction})
+
+        c_period = ffi.callback("sirius_period_callback", on_period) if trace else ffi.NULL
+        p.sirius.on_period = c_period
 
         def cb(_ud, toks, n, text, text_len):
             try:
@@ -344,15 +390,19 @@ class LLM:
             "tokens_per_second": n_gen / gen_s if gen_s > 0 else 0.0,
             "n_threads": self.n_threads,
         }
-        if p.mode == MODES.index("sparse"):
+        if p.mode != MODES.index("dense"):
             info = _sparse_info(res.sparse)
             if not info["sparse"]:
                 warnings.warn(f"{self.architecture}: no gated FFN layer that the sparse path can use; this ran dense",
                               RuntimeWarning, stacklevel=3)
             stats.update(sparsity=SPARSITIES[p.sparsity], density=p.density, **info)
+        if p.mode == MODES.index("sirius"):
+            stats.update(_correction_stats(p.sirius, res.sirius, stats))
+            if trace:
+                stats["trace"] = state["trace"]
         return stats
 
-    def _stream(self, prompt_tokens, params) -> Iterator[tuple[str, dict | None]]:
+    def _stream(self, prompt_tokens, params, trace=False) -> Iterator[tuple[str, dict | None]]:
         """Yields (text, None) pieces, then ("", stats). Closing the iterator cancels generation."""
         q: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -365,7 +415,7 @@ class LLM:
 
         def work():
             try:
-                q.put(("done", self._run(prompt_tokens, params, on_tokens)))
+                q.put(("done", self._run(prompt_tokens, params, on_tokens, trace)))
             except BaseException as e:
                 q.put(("error", e))
 
@@ -398,17 +448,30 @@ class LLM:
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
                           top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
                           stream: bool = False, seed: int | None = None, mode: str = "dense",
-                          sparsity: str = "griffin", density: float = 0.5, ignore_eos: bool = False):
+                          sparsity: str = "griffin", density: float = 0.5, period: int | str = 16,
+                          threshold: float = 0.1, acceptance: str | None = None, accept_temperature: float = 0.6,
+                          width: int = 1, max_period: int = 32, ignore_eos: bool = False, trace: bool = False):
         """Text completion, as llama-cpp-python: a dict, or an iterator of chunks when stream=True. The result has
         `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings).
 
         mode="sparse" decodes with the sparse model alone (no correction): sparsity="griffin" keeps, per layer,
         the `density` fraction of FFN neuron groups most active over the prompt; stats then report the
-        density kept, `sparse_param_fraction` (parameters read per sparse step) and the compact copy's bytes."""
+        density kept, `sparse_param_fraction` (parameters read per sparse step) and the compact copy's bytes.
+
+        mode="sirius" is the correction loop: the sparse model drafts period-1 tokens, the dense model checks
+        them in one batch and keeps the leading ones that pass `acceptance`: "relaxed" (the paper's rule,
+        softmax(logits / accept_temperature)[draft] >= threshold), "strict" (only the dense argmax: output
+        identical to dense greedy) or "sample" (temperature > 0; the output is distributed as the dense
+        model's). period="auto" picks K from this machine's measured costs (up to max_period) and decodes
+        densely where drafting cannot pay. stats add aal, periods, drafted, accepted, corrections,
+        effective_density, the time drafting vs verifying and speedup_vs_dense; trace=True adds every
+        verification (drafts, their dense probabilities, how many were kept)."""
         self._live()
         toks = self._prompt_tokens(prompt)
-        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density, len(toks),
-                              ignore_eos)
+        params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
+                              ignore_eos=ignore_eos, period=period, threshold=threshold, acceptance=acceptance,
+                              accept_temperature=accept_temperature, width=width, max_period=max_period)
         cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
 
         def chunk(text, finish, stats=None):
@@ -421,13 +484,13 @@ class LLM:
 
         if stream:
             def gen():
-                with contextlib.closing(self._stream(toks, params)) as pieces:
+                with contextlib.closing(self._stream(toks, params, trace)) as pieces:
                     for text, stats in pieces:
                         yield chunk(text, None) if stats is None else chunk("", stats["finish_reason"], stats)
             return gen()
 
         parts: list[bytes] = []
-        stats = self._run(toks, params, lambda _ids, text: parts.append(text) and False)
+        stats = self._run(toks, params, lambda _ids, text: parts.append(text) and False, trace)
         text = b"".join(parts).decode("utf-8", "replace")
         out = chunk(text, stats["finish_reason"], stats)
         return out
@@ -437,12 +500,19 @@ class LLM:
     def create_chat_completion(self, messages: Sequence[dict], *, max_tokens: int | None = 256, temperature: float = 0.0,
                                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                                stop: str | list[str] | None = None, stream: bool = False, seed: int | None = None,
-                               mode: str = "dense", sparsity: str = "griffin", density: float = 0.5):
-        """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped."""
+                               mode: str = "dense", sparsity: str = "griffin", density: float = 0.5,
+                               period: int | str = 16, threshold: float = 0.1, acceptance: str | None = None,
+                               accept_temperature: float = 0.6, width: int = 1, max_period: int = 32,
+                               trace: bool = False):
+        """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped (the generation
+        options are create_completion's)."""
         prompt = self.apply_chat_template(messages, add_generation_prompt=True)
         # The template already holds any BOS it wants; tokenizing must not add a second one.
         toks = self.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(self._bos_text()), special=True)
-        params = self._params(max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density, len(toks))
+        params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                              min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
+                              period=period, threshold=threshold, acceptance=acceptance,
+                              accept_temperature=accept_temperature, width=width, max_period=max_period)
         cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
 
         def base(obj):
@@ -454,7 +524,7 @@ class LLM:
                        "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
                 # closing(): a closed or interrupted outer stream stops generation now, not whenever the garbage
                 # collector reaches the inner generator (the session stays locked until then).
-                with contextlib.closing(self._stream(toks, params)) as pieces:
+                with contextlib.closing(self._stream(toks, params, trace)) as pieces:
                     for text, stats in pieces:
                         if stats is None:
                             delta, finish, extra = {"content": text}, None, {}
@@ -465,7 +535,7 @@ class LLM:
             return gen()
 
         parts: list[bytes] = []
-        stats = self._run(toks, params, lambda _ids, text: parts.append(text) and False)
+        stats = self._run(toks, params, lambda _ids, text: parts.append(text) and False, trace)
         return {**base("chat.completion"),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": b"".join(parts).decode("utf-8", "replace")},
                              "logprobs": None, "finish_reason": stats["finish_reason"]}],
@@ -482,6 +552,40 @@ def _sparse_info(info) -> dict:
     return {"sparse": info.n_layers_sparse > 0, "sparse_layers": info.n_layers_sparse, "group_size": info.group_size,
             "density_actual": info.density, "sparse_param_fraction": info.param_fraction,
             "sparse_bytes": info.bytes, "sparse_build_seconds": info.build_ms / 1000.0}
+
+
+def _correction_stats(cp, st, stats: dict) -> dict:
+    """The correction loop's figures: AAL (tokens advanced per verification, of K), effective density (fraction
+    of all parameters read per generated token: a sparse draft reads sparse_param_fraction, a verification or a
+    dense step reads everything once), where the time went, and the speed-up over this session's measured dense
+    decode step."""
+    spf = stats["sparse_param_fraction"] if stats["sparse"] else 1.0
+    steps = st.advanced + st.dense_steps
+    reads = st.drafted * spf + st.periods + st.dense_steps
+    dense_tps = 1000.0 / st.dense_step_ms if st.dense_step_ms > 0 else 0.0
+    return {
+        "period": "auto" if cp.period == 0 else cp.period,
+        "period_last": st.last_period,
+        "acceptance": ACCEPTANCES[cp.acceptance],
+        "threshold": cp.threshold if cp.acceptance == 0 else None,
+        "aal": st.advanced / st.periods if st.periods else None,
+        "periods": st.periods,
+        "advanced": st.advanced,
+        "drafted": st.drafted,
+        "accepted": st.accepted,
+        "corrections": st.corrections,
+        "dense_steps": st.dense_steps,
+        "auto_dense": bool(st.auto_dense),
+        "effective_density": reads / steps if steps else None,
+        "draft_seconds": st.t_draft_ms / 1000.0,
+        "verify_seconds": st.t_verify_ms / 1000.0,
+        "dense_seconds": st.t_dense_ms / 1000.0,
+        "calibrate_seconds": st.t_calibrate_ms / 1000.0,
+        "sparse_step_ms": st.sparse_step_ms,
+        "dense_step_ms": st.dense_step_ms,
+        "dense_tokens_per_second": dense_tps,
+        "speedup_vs_dense": stats["tokens_per_second"] / dense_tps if dense_tps > 0 else None,
+    }
 
 
 def _usage(stats: dict) -> dict:

@@ -93,7 +93,36 @@ def test_generate_sparse(model_path):
     r = subprocess.run([EXE, "generate", model_path, "-p", "The capital of France is", "--max-tokens", "8",
                         "--mode", "sparse", "--density", "0.5"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "sparse griffin density 0.50" in r.stderr
+    assert "griffin density 0.50" in r.stderr
+
+
+def test_generate_sirius_strict_equals_dense(model_path):
+    args = [EXE, "generate", model_path, "-p", "The three primary colors are", "--max-tokens", "24"]
+    dense = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    sirius = subprocess.run(args + ["--mode", "sirius", "--acceptance", "strict", "--period", "4", "--density", "0.8"],
+                            capture_output=True, text=True, timeout=120)
+    assert dense.returncode == 0 and sirius.returncode == 0, sirius.stderr
+    assert sirius.stdout == dense.stdout
+    assert "AAL" in sirius.stderr and "/4" in sirius.stderr and "x dense" in sirius.stderr
+    bad = subprocess.run(args + ["--mode", "sirius", "--period", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "period must be" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_bench_sirius_rows(model_path, tmp_path):
+    out = tmp_path / "bench.json"
+    r = subprocess.run([EXE, "bench", model_path, "--modes", "dense,sirius", "--density", "0.8", "--period", "2,4",
+                        "--tokens", "12", "--repeats", "1", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    res = json.loads(out.read_text())
+    runs = res["runs"]
+    assert [(x["mode"], x.get("period")) for x in runs] == [("dense", None), ("sirius", 2), ("sirius", 4)]
+    for x in runs[1:]:
+        assert 1 <= x["aal"] <= x["period"] and 0 < x["effective_density"]
+        assert 0 <= x["agreement_with_dense"] <= 1 and x["predicted_tokens_per_second"] > 0
+    ks = [v["k"] for v in res["verify_curve"]]
+    assert ks[0] == 1 and res["verify_curve"][0]["r"] == 1.0 and all(v["seconds"] > 0 for v in res["verify_curve"])
 
 
 def test_bench_json(model_path, tmp_path):

@@ -160,7 +160,7 @@ def test_sparse_bad_input(model_path, llm):
             m.build_sparse(0.5)
     for kw, match in [(dict(density=0.0), "density"), (dict(density=1.5), "density"), (dict(density="half"), "density"),
                       (dict(sparsity="topk"), "planned"), (dict(sparsity="bogus"), "not available"),
-                      (dict(mode="sirius"), "planned")]:
+                      (dict(mode="turbo"), "not available")]:
         with pytest.raises(InvalidParameterError, match=match):
             llm.create_completion("Hi", mode="sparse" if "mode" not in kw else kw.pop("mode"), **kw)
     assert llm.create_completion("Hi", max_tokens=3, mode="sparse")["stats"]["completion_tokens"] >= 1
