@@ -118,6 +118,8 @@ llama_token speculative_accept(std::vector<float> & p, const std::vector<float> 
 //   dense decoding's 1/v(1) the loop decodes densely. v comes from sirius_measure_verify (measured on this
 //   session, linear in between), s from the sparse steps taken so far (before any: v(1) times the fraction
 //   of parameters a sparse step reads), a from the drafts checked so far with a prior of 9 accepted, 1 not.
+//   If even a = 1 could not beat dense by 10%, the call decodes densely to the end (stats say so); while the
+//   estimate says dense but a = 1 would pay, one probing period runs after 32, 64, 128, ... dense steps.
 struct CostModel {
     std::vector<double> v;  // v[k], k = 1..kmax
     double s_sum = 0.0;
@@ -133,10 +135,10 @@ struct CostModel {
         return e;
     }
     double rate(int32_t k, double a) const { return advance(a, k) / ((k - 1) * sparse_ms() + v[k]); }
-    // Best K in [2, kmax], or 1 when dense decoding is faster.
-    int32_t choose(int32_t kmax, double a) const {
+    // Best K in [2, kmax] if its rate beats dense decoding's by the factor `margin`, else 1 (decode densely).
+    int32_t choose(int32_t kmax, double a, double margin) const {
         int32_t best = 1;
-        double best_rate = 1.0 / v[1];
+        double best_rate = margin / v[1];
         for (int32_t k = 2; k <= kmax && k < (int32_t) v.size(); ++k) {
             if (rate(k, a) > best_rate) best_rate = rate(k, a), best = k;
         }
@@ -303,7 +305,8 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
     Emitter out{s, p, text, callback, user_data, res};
     int32_t c = (int32_t) s->tokens.size();
     int32_t status = SIRIUS_OK;
-    int32_t dense_run = 0;  // auto: consecutive dense steps since the model last chose them (for re-probing)
+    int32_t dense_run = 0;     // auto: dense steps since the last probe
+    int32_t probe_every = 32;  // auto: dense steps between probing periods (doubles after each)
     bool final_dense = false;
 
     if (out.emit(pending, c)) {
@@ -311,13 +314,14 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
             // Choose this period's K, bounded by the context and by the tokens still wanted.
             int32_t k = can_draft ? kmax : 1;
             if (auto_k && k > 1 && !final_dense) {
-                k = cost.choose(kmax, cost.accept_rate());
-                if (k == 1 && cost.choose(kmax, 1.0) == 1) {
+                k = cost.choose(kmax, cost.accept_rate(), 1.0);
+                if (k == 1 && cost.choose(kmax, 1.0, 1.1) == 1) {
                     final_dense = true;  // even perfect acceptance would not pay: say so and stop asking
                     st.auto_dense = 1;
-                } else if (k == 1 && ++dense_run >= 32) {
-                    k = cost.choose(kmax, 1.0);  // re-probe the acceptance rate now and then
+                } else if (k == 1 && ++dense_run >= probe_every) {
+                    k = cost.choose(kmax, 1.0, 1.1);  // re-probe the acceptance rate, less and less often
                     dense_run = 0;
+                    probe_every *= 2;
                 }
             } else if (final_dense) {
                 k = 1;

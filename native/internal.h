@@ -39,6 +39,9 @@ struct sirius_session {
     bool                            collect = false;
     std::vector<std::vector<double>> griffin_sumsq;
     int32_t                         griffin_tokens = 0;
+    // The statistic holds exactly the activations of tokens[0, griffin_upto) (set by sirius_generate; 0: it
+    // belongs to no reusable prefix). A later prompt that extends this prefix collects only its new tokens.
+    int32_t                         griffin_upto = 0;
     std::vector<float>              scratch;
 
     // Measured dense batch costs, verify_ms[k] for a k-token batch (0: not measured); from sirius_measure_verify.
@@ -72,4 +75,6 @@ bool    eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
 int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info);
 void    sparse_release(sirius_session * s);
 int32_t set_ffn_mode(sirius_session * s, int32_t mode);
+// Starts (reset: from zero) or stops collecting the Griffin statistic over the following dense batches.
+void    griffin_set_collect(sirius_session * s, bool collect, bool reset);
 }  // namespace sirius

@@ -183,6 +183,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
 }
 
 void truncate_to(sirius_session * s, int32_t n_keep) {
+    if (n_keep < s->griffin_upto) s->griffin_upto = 0;  // the statistic has tokens that are gone: unusable
     if (n_keep < (int32_t) s->tokens.size()) {
         llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_keep, -1);
         s->tokens.resize(n_keep);
@@ -493,6 +494,7 @@ int32_t sirius_session_reset(sirius_session * s) {
     llama_memory_clear(llama_get_memory(s->ctx), true);
     s->tokens.clear();
     s->n_dense = 0;
+    s->griffin_upto = 0;
     return SIRIUS_OK;
 }
 
@@ -546,20 +548,31 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     res.n_prompt = n_prompt;
 
     // Reuse the dense KV of the longest common prefix; the last prompt token is always evaluated for its
-    // logits. Griffin needs the FFN activations of the whole prompt, so sparse mode prefills it all.
+    // logits. Sparse modes need Griffin's statistic over the whole prompt: it is kept for the prefix it was
+    // collected on, so a prompt that extends that prefix (the next chat turn) evaluates only what is new;
+    // any other prompt is prefilled in full.
     int32_t common = 0;
     const int32_t held = std::min<int32_t>((int32_t) s->tokens.size(), s->n_dense);
     while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
-    common = sparse ? 0 : std::min(common, n_prompt - 1);
+    const int32_t upto = s->griffin_upto;
+    const bool stats_reusable = sparse && upto > 0 && common >= upto;
+    int32_t start = std::min(common, n_prompt - 1);
+    if (sparse) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
     sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);
-    truncate_to(s, common);
-    res.n_prompt_cached = common;
+    truncate_to(s, start);
+    res.n_prompt_cached = start;
 
     auto t0 = std::chrono::steady_clock::now();
-    if (sparse) sirius_griffin_collect(s, 1);
-    int32_t prc = decode(s, prompt + common, n_prompt - common, false, nullptr);
-    if (sparse) sirius_griffin_collect(s, 0);
-    if (prc != SIRIUS_OK) return prc;
+    // Collect over [upto, n_prompt); a re-run of the very same prompt only re-evaluates its last token.
+    const bool collect = sparse && !(stats_reusable && upto >= n_prompt);
+    if (collect) sirius::griffin_set_collect(s, true, !stats_reusable);
+    int32_t prc = decode(s, prompt + start, n_prompt - start, false, nullptr);
+    if (collect) sirius::griffin_set_collect(s, false, false);
+    if (prc != SIRIUS_OK) {
+        s->griffin_upto = 0;
+        return prc;
+    }
+    if (sparse) s->griffin_upto = n_prompt;
     res.t_prompt_ms = ms_since(t0);
     if (sparse) {
         if (int32_t rc = sirius::sparse_build(s, params->sparsity, params->density, &res.sparse)) return rc;

@@ -315,17 +315,23 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
 sirius_session::sirius_session() = default;
 sirius_session::~sirius_session() = default;
 
+void sirius::griffin_set_collect(sirius_session * s, bool collect, bool reset) {
+    if (reset) {
+        s->griffin_sumsq.assign(llama_model_n_layer(s->model->model), {});
+        s->griffin_tokens = 0;
+        s->griffin_upto = 0;
+    }
+    s->collect = collect;
+    // The callback exists only while collecting: other batches run exactly as stock llama.cpp does.
+    llama_sirius_set_eval_callback(s->ctx, collect ? sirius::eval_callback : nullptr, collect ? s : nullptr);
+}
+
 extern "C" {
 
 int32_t sirius_griffin_collect(sirius_session * s, int32_t collect) {
     if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
-    if (collect) {
-        s->griffin_sumsq.assign(llama_model_n_layer(s->model->model), {});
-        s->griffin_tokens = 0;
-    }
-    s->collect = collect != 0;
-    // The callback exists only while collecting: other batches run exactly as stock llama.cpp does.
-    llama_sirius_set_eval_callback(s->ctx, s->collect ? sirius::eval_callback : nullptr, s->collect ? s : nullptr);
+    sirius::griffin_set_collect(s, collect != 0, collect != 0);
+    s->griffin_upto = 0;  // collected by hand: not tied to a prefix sirius_generate knows
     return SIRIUS_OK;
 }
 

@@ -166,14 +166,17 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 s_ms = (1000.0 / statistics.median(samples[sparse_row]) if sparse_row in samples
                         else statistics.median(x["sparse_step_ms"] for x in sts))
                 v_ms = {r["k"]: r["seconds"] * 1000.0 for r in vc}
-                v_k = v_ms.get(k) or (vc[-1]["seconds"] * 1000.0 * k / vc[-1]["k"])
+                kk = k if k != "auto" else (st["period_last"] or 1)
+                v_k = v_ms.get(kk) or (vc[-1]["seconds"] * 1000.0 * kk / vc[-1]["k"])
                 row.update(period=k, acceptance=acceptance, threshold=threshold if acceptance == "relaxed" else None,
                            aal=sum(x["advanced"] for x in sts) / periods if periods else None,
                            effective_density=statistics.median(x["effective_density"] for x in sts),
                            accept_rate=a, sparse_step_ms=s_ms, verify_ms=v_k,
                            draft_seconds=statistics.median(x["draft_seconds"] for x in sts),
                            verify_seconds=statistics.median(x["verify_seconds"] for x in sts),
-                           predicted_tokens_per_second=predicted_tps(k, a, s_ms, v_k))
+                           dense_steps=statistics.median(x["dense_steps"] for x in sts),
+                           auto_dense=any(x["auto_dense"] for x in sts),
+                           predicted_tokens_per_second=predicted_tps(k, a, s_ms, v_k) if k != "auto" else None)
                 row["ideal_ratio"] = None  # Sirius's bound depends on acceptance: see effective_density
             runs.append(row)
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
@@ -192,8 +195,9 @@ def format_table(res: dict) -> str:
     for r in res["runs"]:
         ratio = f"{r['ratio_vs_dense']:.3f}x" if r["ratio_vs_dense"] else "-"
         ideal = f"{r['ideal_ratio']:5.2f}x" if r["ideal_ratio"] else "    -"
+        pred = f"{r['predicted_tokens_per_second']:9.2f}" if r.get("predicted_tokens_per_second") else f"{'-':>9}"
         sir = (f" {r['aal'] or 0:6.2f} {r['effective_density']:8.2f} {r['agreement_with_dense']:6.2f} "
-               f"{r['predicted_tokens_per_second']:9.2f}") if r["mode"] == "sirius" else ""
+               f"{pred}") if r["mode"] == "sirius" else ""
         lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {r['density_actual']:7.2f} {r.get('period') or '-':>3} "
                      f"{r['tokens_per_second']:8.2f} {ratio:>9} {ideal:>6} {r['sparse_param_fraction']:11.3f} "
                      f"{r['sparse_bytes'] / 1e6:8.1f}{sir}")
@@ -212,7 +216,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64, help="decoded tokens per run")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--period", default="16", help="sirius: comma list of K values")
+    p.add_argument("--period", default="16", help="sirius: comma list of K values (or 'auto')")
     p.add_argument("--acceptance", default="relaxed", choices=["relaxed", "strict"], help="sirius acceptance rule")
     p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed threshold")
     p.add_argument("--verify-curve", action="store_true", help="also measure dense K-token batch costs r(K)")
@@ -242,11 +246,12 @@ def cmd_bench(a) -> int:
     if a.tokens < 1 or a.repeats < 1:
         raise InvalidParameterError("bench: --tokens and --repeats must be >= 1")
     try:
-        periods = [int(k) for k in a.period.split(",") if k.strip()]
+        periods = [k.strip() if k.strip() == "auto" else int(k) for k in a.period.split(",") if k.strip()]
     except ValueError:
-        raise InvalidParameterError(f"bench: --period must be a comma list of integers >= 2, got {a.period!r}") from None
-    if not periods or any(k < 2 or k > 512 for k in periods):
-        raise InvalidParameterError(f"bench: periods must be in [2, 512], got {a.period!r}")
+        raise InvalidParameterError(f"bench: --period must be a comma list of integers >= 2 or 'auto', "
+                                    f"got {a.period!r}") from None
+    if not periods or any(k != "auto" and not 2 <= k <= 512 for k in periods):
+        raise InvalidParameterError(f"bench: periods must be in [2, 512] or 'auto', got {a.period!r}")
     res = run(a.model, modes=modes, sparsities=sparsities, densities=densities, threads=a.threads, tokens=a.tokens,
               repeats=a.repeats, prompt=a.prompt, periods=periods, acceptance=a.acceptance, threshold=a.threshold,
               curve=a.verify_curve, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -164,3 +164,34 @@ def test_sparse_bad_input(model_path, llm):
         with pytest.raises(InvalidParameterError, match=match):
             llm.create_completion("Hi", mode="sparse" if "mode" not in kw else kw.pop("mode"), **kw)
     assert llm.create_completion("Hi", max_tokens=3, mode="sparse")["stats"]["completion_tokens"] >= 1
+
+
+def test_next_chat_turn_collects_only_its_new_tokens(llm, model_path):
+    """The Griffin statistic is kept for the prompt it was collected on: the next turn of a conversation
+    prefills only what it adds, and the statistic then equals a fresh prefill of the whole conversation."""
+    msgs = [{"role": "user", "content": "Write a short poem about the sea."}]
+    llm.reset()
+    r1 = llm.create_chat_completion(msgs, max_tokens=20, mode="sparse", density=0.5)
+    assert r1["stats"]["prompt_tokens_cached"] == 0
+    msgs2 = msgs + [{"role": "assistant", "content": r1["choices"][0]["message"]["content"]},
+                    {"role": "user", "content": "Now one about the mountains."}]
+    r2 = llm.create_chat_completion(msgs2, max_tokens=20, mode="sirius", density=0.5)
+    assert r2["stats"]["prompt_tokens_cached"] == r1["stats"]["prompt_tokens"]
+    ours = [llm.griffin_scores(il) for il in range(30)]
+    kept = [set(llm.sparse_groups(il)[0]) for il in range(30)]
+    with LLM(model_path, n_ctx=1024) as fresh:
+        f2 = fresh.create_chat_completion(msgs2, max_tokens=20, mode="sirius", density=0.5)
+        assert f2["stats"]["prompt_tokens_cached"] == 0
+        assert f2["stats"]["prompt_tokens"] == r2["stats"]["prompt_tokens"]
+        for il in range(30):
+            # Same tokens, same dense KV; only the batch split differs (which moves 8-bit activation rounding).
+            np.testing.assert_allclose(ours[il], fresh.griffin_scores(il), rtol=0.05, atol=1e-3)
+            theirs = set(fresh.sparse_groups(il)[0])
+            assert len(kept[il] & theirs) >= 0.9 * len(theirs)
+    # The same prompt again re-evaluates only its last token and keeps the statistic.
+    r3 = llm.create_chat_completion(msgs2, max_tokens=5, mode="sparse", density=0.5)
+    assert r3["stats"]["prompt_tokens_cached"] == r3["stats"]["prompt_tokens"] - 1
+    np.testing.assert_array_equal(llm.griffin_scores(3), ours[3])
+    # A different prompt starts over.
+    r4 = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=5, mode="sparse", density=0.5)
+    assert r4["stats"]["prompt_tokens_cached"] == 0
