@@ -43,6 +43,9 @@ struct sirius_session {
     // belongs to no reusable prefix). A later prompt that extends this prefix collects only its new tokens.
     int32_t                         griffin_upto = 0;
     std::vector<float>              scratch;
+    // Top-k: while recording (tests, tracing), the groups each layer kept in the last single-token decode.
+    bool                             record_topk = false;
+    std::vector<std::vector<int32_t>> topk_ids;
 
     // Measured dense batch costs, verify_ms[k] for a k-token batch (0: not measured); from sirius_measure_verify.
     std::vector<double> verify_ms;

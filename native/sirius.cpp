@@ -523,7 +523,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse, 2 = sirius)");
     }
-    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN) {
+    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN && params->sparsity != SIRIUS_SPARSITY_TOPK) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(params->sparsity));
     }
     if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
@@ -555,16 +555,17 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     const int32_t held = std::min<int32_t>((int32_t) s->tokens.size(), s->n_dense);
     while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
     const int32_t upto = s->griffin_upto;
-    const bool stats_reusable = sparse && upto > 0 && common >= upto;
+    const bool griffin = sparse && params->sparsity == SIRIUS_SPARSITY_GRIFFIN;  // top-k needs no statistic
+    const bool stats_reusable = griffin && upto > 0 && common >= upto;
     int32_t start = std::min(common, n_prompt - 1);
-    if (sparse) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
+    if (griffin) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
     sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);
     truncate_to(s, start);
     res.n_prompt_cached = start;
 
     auto t0 = std::chrono::steady_clock::now();
     // Collect over [upto, n_prompt); a re-run of the very same prompt only re-evaluates its last token.
-    const bool collect = sparse && !(stats_reusable && upto >= n_prompt);
+    const bool collect = griffin && !(stats_reusable && upto >= n_prompt);
     if (collect) sirius::griffin_set_collect(s, true, !stats_reusable);
     int32_t prc = decode(s, prompt + start, n_prompt - start, false, nullptr);
     if (collect) sirius::griffin_set_collect(s, false, false);
@@ -572,7 +573,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         s->griffin_upto = 0;
         return prc;
     }
-    if (sparse) s->griffin_upto = n_prompt;
+    if (griffin) s->griffin_upto = n_prompt;
     res.t_prompt_ms = ms_since(t0);
     if (sparse) {
         if (int32_t rc = sirius::sparse_build(s, params->sparsity, params->density, &res.sparse)) return rc;

@@ -55,7 +55,8 @@ typedef enum {
 } sirius_acceptance;
 
 typedef enum {
-    SIRIUS_SPARSITY_GRIFFIN = 0  /* neuron groups chosen from the prompt's FFN activations, frozen per prompt */
+    SIRIUS_SPARSITY_GRIFFIN = 0, /* neuron groups chosen from the prompt's FFN activations, frozen per prompt */
+    SIRIUS_SPARSITY_TOPK    = 1  /* per token: the groups with the largest |act(gate x)| (gate dense, up/down skipped) */
 } sirius_sparsity;
 
 typedef struct {
@@ -206,17 +207,23 @@ SIRIUS_API int32_t sirius_eval(sirius_session * session, const int32_t * tokens,
 /* Drops tokens and KV cells from position n_keep on (llama_memory_seq_rm). */
 SIRIUS_API int32_t sirius_truncate(sirius_session * session, int32_t n_keep);
 
-/* Sparse FFN, step by step (sirius_generate does all of this for SIRIUS_MODE_SPARSE).
+/* Sparse FFN, step by step. Griffin:  (sirius_generate does all of this for SIRIUS_MODE_SPARSE).
  * collect = 1 starts (and resets) the Griffin statistic over the FFN activations of the following dense
  * evaluations; 0 stops it. sparse_build selects, per layer, the round(density * n_groups) neuron groups with
  * the highest statistic and gathers them into compact gate/up/down tensors (exact byte copies of the GGUF's
- * quantised rows and blocks). set_ffn_mode(SPARSE) then makes single-token decodes use them; batches of more
+ * quantised rows and blocks). Top-k needs no statistic: sparse_build(SIRIUS_SPARSITY_TOPK) makes a
+ * block-major copy of each ffn_down once per session (up is read in place from the mapped GGUF) and sets
+ * round(density * n_groups) groups per token. set_ffn_mode(SPARSE) then makes single-token decodes use them; batches of more
  * than one token are always dense. */
 SIRIUS_API int32_t sirius_griffin_collect(sirius_session * session, int32_t collect);
 SIRIUS_API int32_t sirius_sparse_build(sirius_session * session, int32_t sparsity, float density, sirius_sparse_info * info);
 SIRIUS_API int32_t sirius_set_ffn_mode(sirius_session * session, int32_t mode);
 SIRIUS_API void    sirius_sparse_release(sirius_session * session);
 /* The Griffin statistic of layer il per neuron (sqrt of the accumulated sum; n_ff values). Returns n_ff. */
+/* Top-k, for tests and tracing: record = 1 records, per layer, the groups the last single-token sparse decode
+ * kept; sirius_topk_groups returns their count (ascending ids into out), -1 if none was recorded. */
+SIRIUS_API int32_t sirius_topk_record(sirius_session * session, int32_t record);
+SIRIUS_API int32_t sirius_topk_groups(const sirius_session * session, int32_t il, int32_t * out, int32_t n_max);
 SIRIUS_API int32_t sirius_griffin_scores(const sirius_session * session, int32_t il, float * out, int32_t n_max);
 /* The neuron groups kept in layer il (ascending) and the group size; returns the count, -1 if none. */
 SIRIUS_API int32_t sirius_sparse_groups(const sirius_session * session, int32_t il, int32_t * groups, int32_t n_max,

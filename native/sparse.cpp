@@ -36,19 +36,57 @@ struct CompactTensor {
     ggml_tensor *         t = nullptr;
 };
 
+// The GGUF file mapped read-only: tensor bytes in their file layout, sharing the page cache that llama.cpp's
+// own mapping already filled.
+struct MappedGGUF {
+    gguf_context *  g = nullptr;
+    const uint8_t * base = nullptr;
+    size_t          size = 0;
+    size_t          data_offset = 0;
+
+    bool open(const std::string & path) {
+        gguf_init_params gp = {true, nullptr};
+        g = gguf_init_from_file(path.c_str(), gp);
+        if (!g) return false;
+        data_offset = gguf_get_data_offset(g);
+        int fd = ::open(path.c_str(), O_RDONLY);
+        if (fd < 0) return false;
+        struct stat st;
+        if (fstat(fd, &st) == 0 && st.st_size > 0) {
+            void * p = mmap(nullptr, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+            if (p != MAP_FAILED) {
+                base = static_cast<const uint8_t *>(p);
+                size = (size_t) st.st_size;
+            }
+        }
+        ::close(fd);
+        return base != nullptr;
+    }
+    // The bytes of a tensor, or nullptr if it is absent or outside the file.
+    const uint8_t * tensor(const char * name, size_t expect) const {
+        int64_t id = gguf_find_tensor(g, name);
+        if (id < 0 || gguf_get_tensor_size(g, id) != expect) return nullptr;
+        size_t off = data_offset + gguf_get_tensor_offset(g, id);
+        return off + expect <= size ? base + off : nullptr;
+    }
+    ~MappedGGUF() {
+        if (base) munmap(const_cast<uint8_t *>(base), size);
+        if (g) gguf_free(g);
+    }
+};
+
 struct SparseFFN {
+    int32_t                           sparsity = SIRIUS_SPARSITY_GRIFFIN;
     std::vector<CompactTensor>        owned;
+    std::vector<int32_t>              topk_blocks;  // top-k: groups kept per token, per layer (0: dense layer)
+    std::unique_ptr<MappedGGUF>       file;         // top-k: up is read in place from the mapped GGUF
+    CompactTensor                     file_view;    // top-k: the buffer over that mapping
     std::vector<ggml_tensor *>        table;   // n_layer * 6, for llama_sirius_set_ffn
     std::vector<std::vector<int32_t>> groups;  // per layer; empty = dense layer
     std::vector<int32_t>              group_size;
     sirius_sparse_info                info{};
 
-    ~SparseFFN() {
-        for (auto & c : owned) {
-            if (c.buf) ggml_backend_buffer_free(c.buf);
-            if (c.ctx) ggml_free(c.ctx);
-        }
-    }
+    ~SparseFFN();
 };
 
 namespace {
@@ -97,49 +135,31 @@ int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTe
     return fail(SIRIUS_ERR_INTERNAL, "could not allocate a compact FFN tensor");
 }
 
-// The GGUF file mapped read-only: tensor bytes in their file layout, sharing the page cache that llama.cpp's
-// own mapping already filled.
-struct MappedGGUF {
-    gguf_context *  g = nullptr;
-    const uint8_t * base = nullptr;
-    size_t          size = 0;
-    size_t          data_offset = 0;
-
-    bool open(const std::string & path) {
-        gguf_init_params gp = {true, nullptr};
-        g = gguf_init_from_file(path.c_str(), gp);
-        if (!g) return false;
-        data_offset = gguf_get_data_offset(g);
-        int fd = ::open(path.c_str(), O_RDONLY);
-        if (fd < 0) return false;
-        struct stat st;
-        if (fstat(fd, &st) == 0 && st.st_size > 0) {
-            void * p = mmap(nullptr, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-            if (p != MAP_FAILED) {
-                base = static_cast<const uint8_t *>(p);
-                size = (size_t) st.st_size;
-            }
-        }
-        ::close(fd);
-        return base != nullptr;
-    }
-    // The bytes of a tensor, or nullptr if it is absent or outside the file.
-    const uint8_t * tensor(const char * name, size_t expect) const {
-        int64_t id = gguf_find_tensor(g, name);
-        if (id < 0 || gguf_get_tensor_size(g, id) != expect) return nullptr;
-        size_t off = data_offset + gguf_get_tensor_offset(g, id);
-        return off + expect <= size ? base + off : nullptr;
-    }
-    ~MappedGGUF() {
-        if (base) munmap(const_cast<uint8_t *>(base), size);
-        if (g) gguf_free(g);
-    }
-};
 
 }  // namespace
 
+SparseFFN::~SparseFFN() {
+    for (auto & c : owned) {
+        if (c.buf) ggml_backend_buffer_free(c.buf);
+        if (c.ctx) ggml_free(c.ctx);
+    }
+    if (file_view.buf) ggml_backend_buffer_free(file_view.buf);
+    if (file_view.ctx) ggml_free(file_view.ctx);
+}
+
 bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
     auto * s = static_cast<sirius_session *>(user_data);
+    if (s->record_topk && strncmp(t->name, "ffn_topk_ids-", 13) == 0 && t->type == GGML_TYPE_I32) {
+        if (ask) return true;
+        const int il = atoi(t->name + 13);
+        if (il >= 0 && il < (int) s->topk_ids.size()) {
+            std::vector<int32_t> & ids = s->topk_ids[il];
+            ids.resize(t->ne[0]);
+            ggml_backend_tensor_get(t, ids.data(), 0, ids.size() * sizeof(int32_t));  // first token's row
+            std::sort(ids.begin(), ids.end());
+        }
+        return true;
+    }
     if (!s->collect) return false;
     const int il = ffn_act_layer(t->name);
     if (il < 0 || il >= (int) s->griffin_sumsq.size() || t->type != GGML_TYPE_F32) return false;
@@ -171,6 +191,7 @@ bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
 
 void sparse_release(sirius_session * s) {
     if (s->sparse) {
+        llama_sirius_set_ffn_topk(s->ctx, 0, nullptr);
         llama_sirius_set_ffn(s->ctx, 0, nullptr);
         s->sparse.reset();
     }
@@ -190,13 +211,117 @@ int32_t set_ffn_mode(sirius_session * s, int32_t mode) {
     return SIRIUS_OK;
 }
 
+namespace {
+
+// Top-k: per layer, up seen in place as [n_embd, G, n_groups] over the mapped GGUF, a block-major copy of down
+// [G, n_embd, n_groups] (group b's quant block from every row, contiguous), and the groups kept per token.
+// Built once per session; a new density only changes the per-layer counts.
+int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const llama_model * model = s->model->model;
+    const int32_t n_layer = llama_model_n_layer(model);
+    if (!s->sparse || s->sparse->sparsity != SIRIUS_SPARSITY_TOPK) {
+        sparse_release(s);
+        auto sp = std::make_unique<SparseFFN>();
+        sp->sparsity = SIRIUS_SPARSITY_TOPK;
+        sp->table.assign((size_t) n_layer * 6, nullptr);
+        sp->groups.assign(n_layer, {});
+        sp->group_size.assign(n_layer, 0);
+        sp->topk_blocks.assign(n_layer, 0);
+        sp->info.n_layers = n_layer;
+        sp->file = std::make_unique<MappedGGUF>();
+        if (!sp->file->open(s->model->path)) {
+            return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
+        }
+        sp->file_view.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(sp->file->base), sp->file->size);
+        const size_t n_tensors = 2 * (size_t) n_layer + 1;
+        ggml_init_params ip = {ggml_tensor_overhead() * n_tensors, nullptr, true};
+        sp->file_view.ctx = ggml_init(ip);
+        if (!sp->file_view.buf || !sp->file_view.ctx) return fail(SIRIUS_ERR_INTERNAL, "could not map the GGUF for top-k");
+        char name[3][96];
+        for (int32_t il = 0; il < n_layer; ++il) {
+            snprintf(name[0], sizeof(name[0]), "blk.%d.ffn_up.weight", il);
+            snprintf(name[1], sizeof(name[1]), "blk.%d.ffn_gate.weight", il);
+            snprintf(name[2], sizeof(name[2]), "blk.%d.ffn_down.weight", il);
+            ggml_tensor * up = llama_sirius_model_tensor(model, name[0]);
+            ggml_tensor * gate = llama_sirius_model_tensor(model, name[1]);
+            ggml_tensor * down = llama_sirius_model_tensor(model, name[2]);
+            if (!up || !gate || !down) continue;  // not a gated FFN: dense
+            const int64_t n_embd = up->ne[0], n_ff = up->ne[1];
+            if (gate->ne[1] != n_ff || down->ne[0] != n_ff || down->ne[1] != n_embd) continue;
+            const int64_t G = std::max<int64_t>(ggml_blck_size(down->type), 32);
+            if (n_ff % G != 0 || G % ggml_blck_size(down->type) != 0) continue;
+            const int64_t nb = n_ff / G;
+            const uint8_t * up_src = sp->file->tensor(name[0], ggml_nbytes(up));
+            const uint8_t * down_src = sp->file->tensor(name[2], ggml_nbytes(down));
+            if (!up_src || !down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read layer ") + std::to_string(il) + "'s FFN from " + s->model->path);
+
+            ggml_tensor * up3 = ggml_new_tensor_3d(sp->file_view.ctx, up->type, n_embd, G, nb);
+            if (ggml_backend_tensor_alloc(sp->file_view.buf, up3, const_cast<uint8_t *>(up_src)) != GGML_STATUS_SUCCESS) {
+                return fail(SIRIUS_ERR_INTERNAL, "could not place the top-k view of " + std::string(name[0]));
+            }
+            CompactTensor c;
+            ggml_init_params cp = {ggml_tensor_overhead(), nullptr, true};
+            c.ctx = ggml_init(cp);
+            c.t = ggml_new_tensor_3d(c.ctx, down->type, G, n_embd, nb);
+            c.buf = ggml_backend_alloc_ctx_tensors_from_buft(c.ctx, ggml_backend_cpu_buffer_type());
+            if (!c.buf) {
+                ggml_free(c.ctx);
+                return fail(SIRIUS_ERR_INTERNAL, "could not allocate the block-major copy of " + std::string(name[2]));
+            }
+            sp->owned.push_back(c);
+            const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G);
+            uint8_t * dst = static_cast<uint8_t *>(c.t->data);
+            for (int64_t b = 0; b < nb; ++b) {
+                for (int64_t r = 0; r < n_embd; ++r) {
+                    memcpy(dst + ((size_t) b * n_embd + r) * blk, down_src + (size_t) r * row + (size_t) b * blk, blk);
+                }
+            }
+            ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
+            row6[0] = up; row6[1] = gate; row6[2] = down;
+            row6[3] = up3; row6[4] = gate; row6[5] = c.t;
+            sp->group_size[il] = (int32_t) G;
+        }
+        s->sparse = std::move(sp);
+        llama_sirius_set_ffn(s->ctx, n_layer, s->sparse->table.data());
+    }
+    SparseFFN & sp = *s->sparse;
+    int64_t kept = 0, total = 0, skipped = 0;
+    sp.info.n_layers_sparse = 0;
+    sp.info.group_size = 0;
+    for (int32_t il = 0; il < n_layer; ++il) {
+        ggml_tensor * up3 = sp.table[(size_t) il * 6 + 3];
+        if (!up3) continue;
+        const int64_t G = up3->ne[1], nb = up3->ne[2], n_embd = up3->ne[0];
+        const int64_t k = std::clamp<int64_t>(std::llround(density * nb), 1, nb);
+        sp.topk_blocks[il] = (int32_t) k;
+        sp.info.n_layers_sparse++;
+        sp.info.group_size = std::max<int32_t>(sp.info.group_size, (int32_t) G);
+        kept += k * G;
+        total += nb * G;
+        skipped += 2 * n_embd * (nb - k) * G;  // up and down rows of the skipped groups (gate is dense)
+    }
+    llama_sirius_set_ffn_topk(s->ctx, n_layer, sp.topk_blocks.data());
+    sp.info.bytes = 0;
+    for (const auto & c : sp.owned) sp.info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
+    sp.info.density = total ? (double) kept / (double) total : 1.0;
+    const double n_params = (double) llama_model_n_params(model);
+    sp.info.param_fraction = n_params > 0 ? (n_params - (double) skipped) / n_params : 1.0;
+    sp.info.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (info) *info = sp.info;
+    return SIRIUS_OK;
+}
+
+}  // namespace
+
 int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
-    if (sparsity != SIRIUS_SPARSITY_GRIFFIN) {
+    if (sparsity != SIRIUS_SPARSITY_GRIFFIN && sparsity != SIRIUS_SPARSITY_TOPK) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(sparsity));
     }
     if (!(density > 0.0f && density <= 1.0f)) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(density));
     }
+    if (sparsity == SIRIUS_SPARSITY_TOPK) return topk_build(s, density, info);
     if (s->griffin_tokens <= 0) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no Griffin statistic: evaluate a prompt with sirius_griffin_collect on first");
     }
@@ -322,8 +447,9 @@ void sirius::griffin_set_collect(sirius_session * s, bool collect, bool reset) {
         s->griffin_upto = 0;
     }
     s->collect = collect;
-    // The callback exists only while collecting: other batches run exactly as stock llama.cpp does.
-    llama_sirius_set_eval_callback(s->ctx, collect ? sirius::eval_callback : nullptr, collect ? s : nullptr);
+    // The callback exists only while collecting (or recording): other batches run exactly as stock llama.cpp does.
+    const bool on = collect || s->record_topk;
+    llama_sirius_set_eval_callback(s->ctx, on ? sirius::eval_callback : nullptr, on ? s : nullptr);
 }
 
 extern "C" {
@@ -347,6 +473,21 @@ int32_t sirius_set_ffn_mode(sirius_session * s, int32_t mode) {
 
 void sirius_sparse_release(sirius_session * s) {
     if (s) sirius::sparse_release(s);
+}
+
+int32_t sirius_topk_record(sirius_session * s, int32_t record) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    s->record_topk = record != 0;
+    s->topk_ids.assign(llama_model_n_layer(s->model->model), {});
+    sirius::griffin_set_collect(s, s->collect, false);  // (re)installs or removes the callback
+    return SIRIUS_OK;
+}
+
+int32_t sirius_topk_groups(const sirius_session * s, int32_t il, int32_t * out, int32_t n_max) {
+    if (!s || il < 0 || il >= (int32_t) s->topk_ids.size()) return -1;
+    const auto & ids = s->topk_ids[il];
+    if (out) std::copy_n(ids.begin(), std::min<size_t>(ids.size(), (size_t) std::max(n_max, 0)), out);
+    return (int32_t) ids.size();
 }
 
 int32_t sirius_griffin_scores(const sirius_session * s, int32_t il, float * out, int32_t n_max) {

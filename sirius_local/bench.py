@@ -211,7 +211,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="decode speed of dense vs sparse, side by side in one run")
     p.add_argument("model", nargs="?", default=None, help="GGUF path or model name (default: the default model)")
     p.add_argument("--modes", default="dense,sparse", help="comma list of dense,sparse,sirius")
-    p.add_argument("--sparsity", default="griffin", help="comma list (griffin)")
+    p.add_argument("--sparsity", default="griffin", help="comma list of griffin,topk")
     p.add_argument("--density", default="0.3,0.5,0.7,1.0", help="comma list of densities in (0, 1]")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64, help="decoded tokens per run")

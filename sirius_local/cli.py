@@ -32,7 +32,8 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--mode", default="dense", choices=["dense", "sparse", "sirius"],
                    help="dense: the full model; sparse: the sparse model alone (no correction); sirius: sparse "
                         "drafts corrected by the full model every period")
-    p.add_argument("--sparsity", default="griffin", choices=["griffin"], help="how the sparse model picks neurons")
+    p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk"],
+                   help="how the sparse model picks neurons: griffin (per prompt) or topk (per token)")
     p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept by the sparse model")
     p.add_argument("--period", default="16", type=_period,
                    help="sirius: tokens per verification K (drafts K-1), or 'auto' to choose from measured costs")

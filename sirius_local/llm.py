@@ -24,9 +24,9 @@ from ._native import check, ffi, lib, sized_call
 from .errors import InvalidParameterError, SiriusError
 
 MODES = ("dense", "sparse", "sirius")
-SPARSITIES = ("griffin",)
+SPARSITIES = ("griffin", "topk")
 ACCEPTANCES = ("relaxed", "strict", "sample")
-_PLANNED = {"topk": "sparsity", "threshold": "sparsity"}
+_PLANNED = {"threshold": "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
 
@@ -227,6 +227,19 @@ class LLM:
         info = ffi.new("sirius_sparse_info *")
         check(lib.sirius_sparse_build(self._live(), SPARSITIES.index(sparsity), float(density), info))
         return _sparse_info(info[0])
+
+    def topk_record(self, on: bool = True) -> None:
+        """Top-k: record which groups each layer keeps in the following single-token sparse decodes."""
+        check(lib.sirius_topk_record(self._live(), bool(on)))
+
+    def topk_groups(self, layer: int) -> list[int]:
+        """The groups a layer kept in the last recorded top-k decode ([] if none)."""
+        n = lib.sirius_topk_groups(self._live(), int(layer), ffi.NULL, 0)
+        if n <= 0:
+            return []
+        buf = ffi.new("int32_t[]", n)
+        lib.sirius_topk_groups(self._session, int(layer), buf, n)
+        return list(buf[0:n])
 
     def sparse_groups(self, layer: int) -> tuple[list[int], int]:
         """The neuron groups a layer's compact FFN keeps, and the group size ([] if the layer is dense)."""
@@ -455,8 +468,9 @@ class LLM:
         `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings).
 
         mode="sparse" decodes with the sparse model alone (no correction): sparsity="griffin" keeps, per layer,
-        the `density` fraction of FFN neuron groups most active over the prompt; stats then report the
-        density kept, `sparse_param_fraction` (parameters read per sparse step) and the compact copy's bytes.
+        the `density` fraction of FFN neuron groups most active over the prompt; sparsity="topk" keeps, per
+        token, the groups with the largest |act(gate x)| (gate dense). stats then report the density kept,
+        `sparse_param_fraction` (parameters read per sparse step) and the copy's bytes.
 
         mode="sirius" is the correction loop: the sparse model drafts period-1 tokens, the dense model checks
         them in one batch and keeps the leading ones that pass `acceptance`: "relaxed" (the paper's rule,

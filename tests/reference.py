@@ -98,12 +98,16 @@ class LlamaReference:
         return out
 
     def logits(self, tokens: list[int], ffn_keep: dict[int, np.ndarray] | None = None, keep_from: int = 0,
-               record_z: dict[int, np.ndarray] | None = None) -> np.ndarray:
+               record_z: dict[int, np.ndarray] | None = None,
+               ffn_topk: dict[int, tuple[int, int]] | None = None,
+               record_gate: dict[int, np.ndarray] | None = None) -> np.ndarray:
         """Logits [T, n_vocab] for a sequence starting at position 0.
 
         ffn_keep: per layer, a boolean mask over FFN neurons; from position keep_from on, the other neurons'
-        activations are zeroed (the sparse model's FFN). record_z receives each layer's FFN activation
-        z = silu(gate x) * (up x), [T, n_ff], before masking."""
+        activations are zeroed (the sparse model's FFN). ffn_topk: per layer (G, k): from keep_from on, each
+        token keeps only its k blocks of G neurons with the largest sum |act(gate x)| (top-k sparsity).
+        record_z receives each layer's FFN activation z = silu(gate x) * (up x), [T, n_ff], before masking;
+        record_gate each layer's gate x."""
         c = self.cfg
         T = len(tokens)
         hd = c.n_embd // c.n_head
@@ -127,12 +131,23 @@ class LlamaReference:
             x = x + self._mm(att.reshape(T, c.n_embd), p + "attn_output.weight")
             h = self._rms(x, self.weight(p + "ffn_norm.weight"))
             g = self._mm(h, p + "ffn_gate.weight")
+            if record_gate is not None:
+                record_gate[il] = g.copy()
             u = self._mm(h, p + "ffn_up.weight")
             z = (g / (1.0 + np.exp(-g))) * u
             if record_z is not None:
                 record_z[il] = z.copy()
             if ffn_keep is not None and il in ffn_keep:
                 z[keep_from:, ~ffn_keep[il]] = 0.0
+            if ffn_topk is not None and il in ffn_topk:
+                # per token, keep the k blocks of G neurons with the largest sum |act(gate x)|
+                G, k = ffn_topk[il]
+                a = np.abs(g / (1.0 + np.exp(-g)))[keep_from:]
+                score = a.reshape(a.shape[0], -1, G).sum(axis=2)
+                drop = np.argsort(-score, axis=1, kind="stable")[:, k:]
+                for r, blocks in enumerate(drop):
+                    for b in blocks:
+                        z[keep_from + r, b * G:(b + 1) * G] = 0.0
             x = x + self._mm(z, p + "ffn_down.weight")
         x = self._rms(x, self.weight("output_norm.weight"))
         return self._mm(x, "output.weight" if self.has("output.weight") else "token_embd.weight")
