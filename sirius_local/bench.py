@@ -47,12 +47,14 @@ def weight_bytes(path: str) -> dict:
     sizes = {t.name: int(t.n_bytes) for t in r.tensors}
     tied = "output.weight" not in sizes
     per_step = sum(b for n, b in sizes.items() if n != "token_embd.weight" or tied)
-    ffn = {}
+    ffn, gate = {}, {}
     for n, b in sizes.items():
         parts = n.split(".")
         if len(parts) == 4 and parts[0] == "blk" and parts[2] in ("ffn_gate", "ffn_up", "ffn_down"):
             ffn[int(parts[1])] = ffn.get(int(parts[1]), 0) + b
-    return {"per_step": per_step, "ffn_per_layer": ffn}
+            if parts[2] == "ffn_gate":
+                gate[int(parts[1])] = b
+    return {"per_step": per_step, "ffn_per_layer": ffn, "gate_per_layer": gate}
 
 
 def machine_info(llm) -> dict:
@@ -145,7 +147,9 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 ideal, frac = 1.0, 1.0
             else:
                 # Bytes skipped: per sparse layer, the FFN bytes of the dropped fraction of neurons.
-                skipped = sum(wb["ffn_per_layer"].values()) * (1.0 - st["density_actual"]) if st["sparse"] else 0.0
+                # Top-k reads the gate in full.
+                skippable = sum(wb["ffn_per_layer"].values()) - (sum(wb["gate_per_layer"].values()) if sp == "topk" else 0)
+                skipped = skippable * (1.0 - st["density_actual"]) if st["sparse"] else 0.0
                 ideal = wb["per_step"] / (wb["per_step"] - skipped)
                 frac = st["sparse_param_fraction"]
             row = {"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
