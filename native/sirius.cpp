@@ -293,6 +293,10 @@ void sirius_set_verbose(int32_t verbose) {
 }
 
 int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model ** out) {
+    return sirius_model_load_opts(path, n_gpu_layers, 1, out);
+}
+
+int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t repack, sirius_model ** out) {
     if (!out) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
     if (!path || !*path) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "model path is empty");
@@ -318,6 +322,7 @@ int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model 
     clear_log_errors();
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = n_gpu_layers;
+    mp.use_extra_bufts = repack != 0;
     llama_model * model = llama_model_load_from_file(path, mp);
     if (!model) {
         std::string why = take_log_errors();

@@ -158,6 +158,10 @@ SIRIUS_API void         sirius_set_verbose(int32_t verbose);
 
 /* Model: weights mmapped once; any number of sessions share them. */
 SIRIUS_API int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model ** out);
+/* repack = 0 keeps CPU weights in their file layout (llama.cpp's use_extra_bufts off): batched and one-token
+ * matmuls then use the same kernels, so a small verify batch rounds exactly like decoding (strict mode is then
+ * bit-identical to dense greedy); repacking (the default) makes batches faster but rounds them differently. */
+SIRIUS_API int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t repack, sirius_model ** out);
 SIRIUS_API void    sirius_model_free(sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_vocab(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_ctx_train(const sirius_model * model);

@@ -50,12 +50,15 @@ class LLM:
     """A GGUF model with one session.
 
     model_path: a .gguf file, a model name from `sirius-local models list` (fetched on first use), or None for
-    the default model. n_threads defaults to the CPUs this process may use.
+    the default model. n_threads defaults to the CPUs this process may use. repack=False keeps CPU weights in
+    their file layout (slower batches, but a verify batch then rounds exactly like one-token decoding, so
+    strict Sirius is bit-identical to dense greedy on every quant type; with repacking, Q4_0/Q8_0/Q4_K
+    batches of 4+ tokens round differently and a near-tied greedy token can flip).
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_threads_batch: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0, seed: int = 0,
-                 verbose: bool = False):
+                 verbose: bool = False, repack: bool = True):
         self._model = ffi.NULL
         self._session = ffi.NULL
         _require(_is_int(n_ctx) and n_ctx >= 16, f"n_ctx must be an integer >= 16, got {n_ctx!r}")
@@ -75,7 +78,7 @@ class LLM:
         lib.sirius_set_verbose(1 if verbose else 0)
 
         out = ffi.new("sirius_model **")
-        check(lib.sirius_model_load(self.model_path.encode(), int(n_gpu_layers), out))
+        check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), out))
         self._model = out[0]
         sess = ffi.new("sirius_session **")
         try:
