@@ -63,8 +63,7 @@ void warp(const float * l, int32_t n, const sirius_sampling & sp, std::vector<fl
             }
         }
     }
-    std::fill(probs.begin(), probs.end(), 0.0f);
-    probs.resize(n, 0.0f);
+    probs.assign(n, 0.0f);
     const float floor_l = sp.min_p > 0.0f ? mx + std::log(sp.min_p) : -INFINITY;
     double z = 0.0;
     for (int32_t i = 0; i < keep; ++i) {

@@ -91,6 +91,30 @@ struct SparseFFN {
 
 namespace {
 
+// A layer's gated FFN as the sparse paths see it: the model's tensors, their GGUF names, and the group size
+// G = ffn_down's quant block (at least 32 neurons), so a group is whole rows of gate/up and whole blocks of down.
+struct LayerFFN {
+    char          name[3][96];  // up, gate, down
+    ggml_tensor * up = nullptr, * gate = nullptr, * down = nullptr;
+    int64_t       n_embd = 0, n_ff = 0, G = 0;
+};
+
+// false: layer il has no gated FFN that splits into groups (it stays dense).
+bool layer_ffn(const llama_model * model, int32_t il, LayerFFN & f) {
+    snprintf(f.name[0], sizeof(f.name[0]), "blk.%d.ffn_up.weight", il);
+    snprintf(f.name[1], sizeof(f.name[1]), "blk.%d.ffn_gate.weight", il);
+    snprintf(f.name[2], sizeof(f.name[2]), "blk.%d.ffn_down.weight", il);
+    f.up = llama_sirius_model_tensor(model, f.name[0]);
+    f.gate = llama_sirius_model_tensor(model, f.name[1]);
+    f.down = llama_sirius_model_tensor(model, f.name[2]);
+    if (!f.up || !f.gate || !f.down) return false;
+    f.n_embd = f.up->ne[0];
+    f.n_ff = f.up->ne[1];
+    if (f.gate->ne[1] != f.n_ff || f.down->ne[0] != f.n_ff || f.down->ne[1] != f.n_embd) return false;
+    f.G = std::max<int64_t>(ggml_blck_size(f.down->type), 32);
+    return f.n_ff % f.G == 0 && f.G % ggml_blck_size(f.down->type) == 0;
+}
+
 // "ffn_swiglu-12" / "ffn_geglu-3" -> layer index; -1 for any other node.
 int ffn_act_layer(const char * name) {
     static const char * prefixes[] = {"ffn_swiglu-", "ffn_geglu-"};
@@ -238,20 +262,12 @@ int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info)
         ggml_init_params ip = {ggml_tensor_overhead() * n_tensors, nullptr, true};
         sp->file_view.ctx = ggml_init(ip);
         if (!sp->file_view.buf || !sp->file_view.ctx) return fail(SIRIUS_ERR_INTERNAL, "could not map the GGUF for top-k");
-        char name[3][96];
+        LayerFFN f;
         for (int32_t il = 0; il < n_layer; ++il) {
-            snprintf(name[0], sizeof(name[0]), "blk.%d.ffn_up.weight", il);
-            snprintf(name[1], sizeof(name[1]), "blk.%d.ffn_gate.weight", il);
-            snprintf(name[2], sizeof(name[2]), "blk.%d.ffn_down.weight", il);
-            ggml_tensor * up = llama_sirius_model_tensor(model, name[0]);
-            ggml_tensor * gate = llama_sirius_model_tensor(model, name[1]);
-            ggml_tensor * down = llama_sirius_model_tensor(model, name[2]);
-            if (!up || !gate || !down) continue;  // not a gated FFN: dense
-            const int64_t n_embd = up->ne[0], n_ff = up->ne[1];
-            if (gate->ne[1] != n_ff || down->ne[0] != n_ff || down->ne[1] != n_embd) continue;
-            const int64_t G = std::max<int64_t>(ggml_blck_size(down->type), 32);
-            if (n_ff % G != 0 || G % ggml_blck_size(down->type) != 0) continue;
-            const int64_t nb = n_ff / G;
+            if (!layer_ffn(model, il, f)) continue;  // stays dense
+            ggml_tensor * up = f.up, * gate = f.gate, * down = f.down;
+            const char (&name)[3][96] = f.name;
+            const int64_t n_embd = f.n_embd, n_ff = f.n_ff, G = f.G, nb = n_ff / G;
             const uint8_t * up_src = sp->file->tensor(name[0], ggml_nbytes(up));
             const uint8_t * down_src = sp->file->tensor(name[2], ggml_nbytes(down));
             if (!up_src || !down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read layer ") + std::to_string(il) + "'s FFN from " + s->model->path);
@@ -344,22 +360,14 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
     int64_t kept_neurons = 0, total_neurons = 0, ffn_params_skipped = 0;
     std::vector<uint8_t> dst;
     int32_t rc = SIRIUS_OK;
-    char name[3][96];
+    LayerFFN f;
     for (int32_t il = 0; il < n_layer && rc == SIRIUS_OK; ++il) {
-        snprintf(name[0], sizeof(name[0]), "blk.%d.ffn_up.weight", il);
-        snprintf(name[1], sizeof(name[1]), "blk.%d.ffn_gate.weight", il);
-        snprintf(name[2], sizeof(name[2]), "blk.%d.ffn_down.weight", il);
-        ggml_tensor * up = llama_sirius_model_tensor(model, name[0]);
-        ggml_tensor * gate = llama_sirius_model_tensor(model, name[1]);
-        ggml_tensor * down = llama_sirius_model_tensor(model, name[2]);
-        if (!up || !gate || !down || il >= (int32_t) s->griffin_sumsq.size()) continue;  // not a gated FFN: dense
-        const int64_t n_embd = up->ne[0], n_ff = up->ne[1];
+        if (!layer_ffn(model, il, f) || il >= (int32_t) s->griffin_sumsq.size()) continue;  // stays dense
+        ggml_tensor * up = f.up, * gate = f.gate, * down = f.down;
+        const char (&name)[3][96] = f.name;
+        const int64_t n_embd = f.n_embd, n_ff = f.n_ff, G = f.G, n_groups = n_ff / G;
         const auto & acc = s->griffin_sumsq[il];
-        if ((int64_t) acc.size() != n_ff || gate->ne[1] != n_ff || down->ne[0] != n_ff || down->ne[1] != n_embd) continue;
-
-        const int64_t G = std::max<int64_t>(ggml_blck_size(down->type), 32);
-        if (n_ff % G != 0 || G % ggml_blck_size(down->type) != 0) continue;
-        const int64_t n_groups = n_ff / G;
+        if ((int64_t) acc.size() != n_ff) continue;
         const int64_t k = std::clamp<int64_t>(std::llround(density * n_groups), 1, n_groups);
 
         // Group score: sum over its neurons of Griffin's per-neuron statistic (column L2 norm).

@@ -159,8 +159,6 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                    "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
                    "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
                    if st["agreement_with_dense"] is not None else None}
-            if mode == "sparse":
-                row["ideal_ratio"] = ideal
             if mode == "sirius":
                 acc = sum(x["accepted"] for x in sts)
                 rej = sum(x["corrections"] for x in sts)
