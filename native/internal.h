@@ -47,6 +47,14 @@ struct sirius_session {
     bool                             record_topk = false;
     std::vector<std::vector<int32_t>> topk_ids;
 
+    // Threshold sparsity: per-layer thresholds on a group's sum of |act(gate x)| (from a calibration).
+    std::vector<float> thresholds;
+    // Calibration: while recording, every dense batch appends, per layer, each token's group scores
+    // (n_groups floats per token) to block_scores[il]; score_group[il] is the layer's G (0: not sparse-capable).
+    bool                              record_scores = false;
+    std::vector<std::vector<float>>   block_scores;
+    std::vector<int32_t>              score_group;
+
     // Measured dense batch costs, verify_ms[k] for a k-token batch (0: not measured); from sirius_measure_verify.
     std::vector<double> verify_ms;
 

@@ -293,10 +293,10 @@ void sirius_set_verbose(int32_t verbose) {
 }
 
 int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, sirius_model ** out) {
-    return sirius_model_load_opts(path, n_gpu_layers, 1, out);
+    return sirius_model_load_opts(path, n_gpu_layers, 1, 0, out);
 }
 
-int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t repack, sirius_model ** out) {
+int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t repack, int32_t mlock, sirius_model ** out) {
     if (!out) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
     if (!path || !*path) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "model path is empty");
@@ -323,6 +323,7 @@ int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t 
     llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = n_gpu_layers;
     mp.use_extra_bufts = repack != 0;
+    if (mlock) mp.load_mode = LLAMA_LOAD_MODE_MMAP_MLOCK;
     llama_model * model = llama_model_load_from_file(path, mp);
     if (!model) {
         std::string why = take_log_errors();
@@ -528,7 +529,8 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse, 2 = sirius)");
     }
-    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN && params->sparsity != SIRIUS_SPARSITY_TOPK) {
+    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN && params->sparsity != SIRIUS_SPARSITY_TOPK &&
+        params->sparsity != SIRIUS_SPARSITY_THRESHOLD) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(params->sparsity));
     }
     if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
@@ -585,6 +587,9 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         if (res.sparse.n_layers_sparse > 0) sirius::set_ffn_mode(s, SIRIUS_MODE_SPARSE);
     }
 
+    int64_t kept0 = 0, seen0 = 0;
+    sirius_threshold_kept(s, &kept0, &seen0);
+
     sirius::TextStream text(stops);
     int32_t status = SIRIUS_OK;
     res.finish_reason = SIRIUS_FINISH_LENGTH;
@@ -596,6 +601,18 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     }
     // Measuring the session's cost curve is a one-time set-up, reported on its own, not decoding time.
     res.t_generate_ms = ms_since(t0) - res.sirius.t_calibrate_ms;
+    if (sparse && params->sparsity == SIRIUS_SPARSITY_THRESHOLD) {
+        int64_t kept1 = 0, seen1 = 0;
+        sirius_threshold_kept(s, &kept1, &seen1);
+        res.sparse.measured_density = seen1 > seen0 ? (double) (kept1 - kept0) / (double) (seen1 - seen0) : 0.0;
+        // The parameters a step read, from the groups it kept (the skipped part scales with 1 - density).
+        if (seen1 > seen0 && res.sparse.density < 1.0) {
+            res.sparse.param_fraction = 1.0 - (1.0 - res.sparse.param_fraction) * (1.0 - res.sparse.measured_density) /
+                                                  (1.0 - res.sparse.density);
+        }
+    } else if (sparse) {
+        res.sparse.measured_density = res.sparse.density;
+    }
     sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);  // eval() and the next prefill are dense again
     const std::string rest = text.flush();
     if (callback && !rest.empty()) callback(user_data, nullptr, 0, rest.data(), (int32_t) rest.size());

@@ -56,7 +56,9 @@ typedef enum {
 
 typedef enum {
     SIRIUS_SPARSITY_GRIFFIN = 0, /* neuron groups chosen from the prompt's FFN activations, frozen per prompt */
-    SIRIUS_SPARSITY_TOPK    = 1  /* per token: the groups with the largest |act(gate x)| (gate dense, up/down skipped) */
+    SIRIUS_SPARSITY_TOPK    = 1, /* per token: the groups with the largest |act(gate x)| (gate dense, up/down skipped) */
+    SIRIUS_SPARSITY_THRESHOLD = 2 /* per token: the groups whose sum |act(gate x)| reaches the layer's calibrated
+                                     threshold (a varying count; CPU kernels; sirius_set_thresholds first) */
 } sirius_sparsity;
 
 typedef struct {
@@ -67,6 +69,8 @@ typedef struct {
     double  param_fraction;    /* fraction of all parameters a sparse decode step reads */
     int64_t bytes;             /* memory held by the compact tensors */
     double  build_ms;          /* time to select and gather */
+    double  measured_density;  /* threshold: groups computed / groups considered over the sparse decodes of the
+                                  last sirius_generate (0 before any); other methods: = density */
 } sirius_sparse_info;
 
 typedef struct sirius_model   sirius_model;
@@ -161,7 +165,10 @@ SIRIUS_API int32_t sirius_model_load(const char * path, int32_t n_gpu_layers, si
 /* repack = 0 keeps CPU weights in their file layout (llama.cpp's use_extra_bufts off): batched and one-token
  * matmuls then use the same kernels, so a small verify batch rounds exactly like decoding (strict mode is then
  * bit-identical to dense greedy); repacking (the default) makes batches faster but rounds them differently. */
-SIRIUS_API int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t repack, sirius_model ** out);
+/* mlock = 1 locks the mapped file in RAM (llama.cpp's use_mlock; a warning if the limit forbids it), so the OS
+ * cannot page weights out between calls (which a benchmark would otherwise measure as disk reads). */
+SIRIUS_API int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t repack, int32_t mlock,
+                                          sirius_model ** out);
 SIRIUS_API void    sirius_model_free(sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_vocab(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_ctx_train(const sirius_model * model);
@@ -217,12 +224,25 @@ SIRIUS_API int32_t sirius_truncate(sirius_session * session, int32_t n_keep);
  * the highest statistic and gathers them into compact gate/up/down tensors (exact byte copies of the GGUF's
  * quantised rows and blocks). Top-k needs no statistic: sparse_build(SIRIUS_SPARSITY_TOPK) makes a
  * block-major copy of each ffn_down once per session (up is read in place from the mapped GGUF) and sets
- * round(density * n_groups) groups per token. set_ffn_mode(SPARSE) then makes single-token decodes use them; batches of more
+ * round(density * n_groups) groups per token; SIRIUS_SPARSITY_THRESHOLD uses the same copies with the thresholds
+ * set by sirius_set_thresholds (density is then the calibration's, for the report). set_ffn_mode(SPARSE) then makes single-token decodes use them; batches of more
  * than one token are always dense. */
 SIRIUS_API int32_t sirius_griffin_collect(sirius_session * session, int32_t collect);
 SIRIUS_API int32_t sirius_sparse_build(sirius_session * session, int32_t sparsity, float density, sirius_sparse_info * info);
 SIRIUS_API int32_t sirius_set_ffn_mode(sirius_session * session, int32_t mode);
 SIRIUS_API void    sirius_sparse_release(sirius_session * session);
+/* Threshold sparsity: per-layer thresholds (n = n_layer values, finite, >= 0; NULL clears) on a group's
+ * sum |act(gate x)|, used by sparse_build(SIRIUS_SPARSITY_THRESHOLD) and, live, by a threshold FFN already built. */
+SIRIUS_API int32_t sirius_set_thresholds(sirius_session * session, const float * thresholds, int32_t n);
+/* Calibration: record = 1 resets and starts recording, for every following dense batch, each token's group
+ * scores (sum over a group of |act(gate x)|) per layer; 0 stops. sirius_block_scores copies layer il's record
+ * (n_tokens x n_groups floats, token-major) into out and returns its length (-1: nothing recorded);
+ * *n_groups = groups per token (0: the layer has no gated FFN). */
+SIRIUS_API int32_t sirius_block_scores_record(sirius_session * session, int32_t record);
+SIRIUS_API int64_t sirius_block_scores(const sirius_session * session, int32_t il, float * out, int64_t n_max,
+                                       int32_t * n_groups);
+/* Threshold decodes so far on the current sparse FFN: groups computed and groups considered, over all layers. */
+SIRIUS_API int32_t sirius_threshold_kept(const sirius_session * session, int64_t * kept, int64_t * seen);
 /* The Griffin statistic of layer il per neuron (sqrt of the accumulated sum; n_ff values). Returns n_ff. */
 /* Top-k, for tests and tracing: record = 1 records, per layer, the groups the last single-token sparse decode
  * kept; sirius_topk_groups returns their count (ascending ids into out), -1 if none was recorded. */

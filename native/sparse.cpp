@@ -9,17 +9,9 @@
 //             -> with G = that block size, a group is one block in every row: exact byte copies, no requantisation.
 // The bytes come from the GGUF file itself, not from the loaded tensors, whose CPU layout may be repacked.
 
-#include "internal.h"
+#include "sparse.h"
 
 #include "ggml-alloc.h"
-#include "ggml-backend.h"
-#include "ggml.h"
-#include "gguf.h"
-
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -29,75 +21,6 @@
 #include <numeric>
 
 namespace sirius {
-
-struct CompactTensor {
-    ggml_context *        ctx = nullptr;
-    ggml_backend_buffer_t buf = nullptr;
-    ggml_tensor *         t = nullptr;
-};
-
-// The GGUF file mapped read-only: tensor bytes in their file layout, sharing the page cache that llama.cpp's
-// own mapping already filled.
-struct MappedGGUF {
-    gguf_context *  g = nullptr;
-    const uint8_t * base = nullptr;
-    size_t          size = 0;
-    size_t          data_offset = 0;
-
-    bool open(const std::string & path) {
-        gguf_init_params gp = {true, nullptr};
-        g = gguf_init_from_file(path.c_str(), gp);
-        if (!g) return false;
-        data_offset = gguf_get_data_offset(g);
-        int fd = ::open(path.c_str(), O_RDONLY);
-        if (fd < 0) return false;
-        struct stat st;
-        if (fstat(fd, &st) == 0 && st.st_size > 0) {
-            void * p = mmap(nullptr, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-            if (p != MAP_FAILED) {
-                base = static_cast<const uint8_t *>(p);
-                size = (size_t) st.st_size;
-            }
-        }
-        ::close(fd);
-        return base != nullptr;
-    }
-    // The bytes of a tensor, or nullptr if it is absent or outside the file.
-    const uint8_t * tensor(const char * name, size_t expect) const {
-        int64_t id = gguf_find_tensor(g, name);
-        if (id < 0 || gguf_get_tensor_size(g, id) != expect) return nullptr;
-        size_t off = data_offset + gguf_get_tensor_offset(g, id);
-        return off + expect <= size ? base + off : nullptr;
-    }
-    ~MappedGGUF() {
-        if (base) munmap(const_cast<uint8_t *>(base), size);
-        if (g) gguf_free(g);
-    }
-};
-
-struct SparseFFN {
-    int32_t                           sparsity = SIRIUS_SPARSITY_GRIFFIN;
-    std::vector<CompactTensor>        owned;
-    std::vector<int32_t>              topk_blocks;  // top-k: groups kept per token, per layer (0: dense layer)
-    std::unique_ptr<MappedGGUF>       file;         // top-k: up is read in place from the mapped GGUF
-    CompactTensor                     file_view;    // top-k: the buffer over that mapping
-    std::vector<ggml_tensor *>        table;   // n_layer * 6, for llama_sirius_set_ffn
-    std::vector<std::vector<int32_t>> groups;  // per layer; empty = dense layer
-    std::vector<int32_t>              group_size;
-    sirius_sparse_info                info{};
-
-    ~SparseFFN();
-};
-
-namespace {
-
-// A layer's gated FFN as the sparse paths see it: the model's tensors, their GGUF names, and the group size
-// G = ffn_down's quant block (at least 32 neurons), so a group is whole rows of gate/up and whole blocks of down.
-struct LayerFFN {
-    char          name[3][96];  // up, gate, down
-    ggml_tensor * up = nullptr, * gate = nullptr, * down = nullptr;
-    int64_t       n_embd = 0, n_ff = 0, G = 0;
-};
 
 // false: layer il has no gated FFN that splits into groups (it stays dense).
 bool layer_ffn(const llama_model * model, int32_t il, LayerFFN & f) {
@@ -114,6 +37,8 @@ bool layer_ffn(const llama_model * model, int32_t il, LayerFFN & f) {
     f.G = std::max<int64_t>(ggml_blck_size(f.down->type), 32);
     return f.n_ff % f.G == 0 && f.G % ggml_blck_size(f.down->type) == 0;
 }
+
+namespace {
 
 // "ffn_swiglu-12" / "ffn_geglu-3" -> layer index; -1 for any other node.
 int ffn_act_layer(const char * name) {
@@ -218,6 +143,7 @@ void sparse_release(sirius_session * s) {
         llama_sirius_set_ffn_topk(s->ctx, 0, nullptr);
         llama_sirius_set_ffn(s->ctx, 0, nullptr);
         s->sparse.reset();
+        block_ffn_sync(s);
     }
     s->sparse_on = false;
     llama_sirius_set_ffn_sparse(s->ctx, false);
@@ -237,22 +163,74 @@ int32_t set_ffn_mode(sirius_session * s, int32_t mode) {
 
 namespace {
 
-// Top-k: per layer, up seen in place as [n_embd, G, n_groups] over the mapped GGUF, a block-major copy of down
-// [G, n_embd, n_groups] (group b's quant block from every row, contiguous), and the groups kept per token.
-// Built once per session; a new density only changes the per-layer counts.
-int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info) {
+// The CPU extra buffer type (weight repacking) that holds t, or nullptr if t is in plain or mapped memory.
+ggml_backend_buffer_type_t repack_buft(const ggml_tensor * t) {
+    if (!t->buffer) return nullptr;
+    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(t->buffer);
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    if (buft == ggml_backend_cpu_buffer_type() || !dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+        return nullptr;
+    }
+    const char * name = ggml_backend_buft_name(buft);  // (extra CPU types report is_host false: go by name)
+    return strcmp(name, "CPU") == 0 || strcmp(name, "CPU_Mapped") == 0 ? nullptr : buft;
+}
+
+// A 3-D copy of `bytes` (file layout) in buft if that repacks this shape (tensor->extra set), else in plain CPU
+// memory. repacked tells which.
+int32_t copy3(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2,
+              const void * bytes, CompactTensor & c, bool & repacked) {
+    for (int attempt = buft ? 0 : 1; attempt < 2; ++attempt) {
+        ggml_init_params cp = {ggml_tensor_overhead(), nullptr, true};
+        c.ctx = ggml_init(cp);
+        c.t = ggml_new_tensor_3d(c.ctx, type, ne0, ne1, ne2);
+        c.buf = ggml_backend_alloc_ctx_tensors_from_buft(c.ctx, attempt == 0 ? buft : ggml_backend_cpu_buffer_type());
+        if (!c.buf) {
+            ggml_free(c.ctx);
+            c = {};
+            return fail(SIRIUS_ERR_INTERNAL, "could not allocate a block copy of an FFN tensor");
+        }
+        repacked = attempt == 0;
+        if (attempt == 1 || c.t->extra != nullptr) {
+            ggml_backend_tensor_set(c.t, bytes, 0, ggml_nbytes(c.t));  // a repacking buffer converts as it stores
+            return SIRIUS_OK;
+        }
+        ggml_backend_buffer_free(c.buf);
+        ggml_free(c.ctx);
+        c = {};
+    }
+    return SIRIUS_OK;
+}
+
+// Top-k and threshold: per layer, up as [n_embd, G, n_groups], a block-major copy of down [G, n_embd, n_groups]
+// (group b's quant block from every row, contiguous), and the selection: top-k keeps round(density * n_groups)
+// groups per token (patch 0002's graph: ggml_mul_mat_id); threshold keeps the groups whose score reaches the
+// layer's calibrated threshold (block_ffn.cpp's kernels through patch 0003's builder).
+// Layout: top-k copies up and down into the CPU repacking buffer where the model's own weights are repacked,
+// so mul_mat_id runs the same interleaved kernels as dense decoding (measured: the plain layout's vec_dot
+// costs more than the skipped bytes save on a 2-core CPU); threshold's kernels read the file layout, so up is
+// read in place from the mapped GGUF and only down is copied. Built once per session and layout; a new
+// density only changes the per-layer selection.
+int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
     const auto t0 = std::chrono::steady_clock::now();
     const llama_model * model = s->model->model;
     const int32_t n_layer = llama_model_n_layer(model);
-    if (!s->sparse || s->sparse->sparsity != SIRIUS_SPARSITY_TOPK) {
+    const bool threshold = sparsity == SIRIUS_SPARSITY_THRESHOLD;
+    if (threshold && (int32_t) s->thresholds.size() != n_layer) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no per-layer thresholds are set for this session: calibrate them "
+                                                 "(sirius-local calibrate MODEL --density D) and set them first");
+    }
+    const bool want_repack = !threshold;  // (falls back to the plain layout per tensor where it cannot)
+    if (!s->sparse || (s->sparse->sparsity != SIRIUS_SPARSITY_TOPK && s->sparse->sparsity != SIRIUS_SPARSITY_THRESHOLD) ||
+        s->sparse->repack_layout != want_repack) {
         sparse_release(s);
         auto sp = std::make_unique<SparseFFN>();
-        sp->sparsity = SIRIUS_SPARSITY_TOPK;
         sp->table.assign((size_t) n_layer * 6, nullptr);
         sp->groups.assign(n_layer, {});
         sp->group_size.assign(n_layer, 0);
         sp->topk_blocks.assign(n_layer, 0);
+        sp->blocks.resize(n_layer);
         sp->info.n_layers = n_layer;
+        sp->repack_layout = want_repack;
         sp->file = std::make_unique<MappedGGUF>();
         if (!sp->file->open(s->model->path)) {
             return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
@@ -263,6 +241,7 @@ int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info)
         sp->file_view.ctx = ggml_init(ip);
         if (!sp->file_view.buf || !sp->file_view.ctx) return fail(SIRIUS_ERR_INTERNAL, "could not map the GGUF for top-k");
         LayerFFN f;
+        std::vector<uint8_t> staging;
         for (int32_t il = 0; il < n_layer; ++il) {
             if (!layer_ffn(model, il, f)) continue;  // stays dense
             ggml_tensor * up = f.up, * gate = f.gate, * down = f.down;
@@ -272,36 +251,51 @@ int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info)
             const uint8_t * down_src = sp->file->tensor(name[2], ggml_nbytes(down));
             if (!up_src || !down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read layer ") + std::to_string(il) + "'s FFN from " + s->model->path);
 
-            ggml_tensor * up3 = ggml_new_tensor_3d(sp->file_view.ctx, up->type, n_embd, G, nb);
-            if (ggml_backend_tensor_alloc(sp->file_view.buf, up3, const_cast<uint8_t *>(up_src)) != GGML_STATUS_SUCCESS) {
-                return fail(SIRIUS_ERR_INTERNAL, "could not place the top-k view of " + std::string(name[0]));
+            ggml_tensor * up3 = nullptr;
+            bool repacked = false;
+            if (want_repack && repack_buft(up)) {
+                CompactTensor u;
+                if (int32_t rc = copy3(repack_buft(up), up->type, n_embd, G, nb, up_src, u, repacked)) return rc;
+                sp->owned.push_back(u);
+                up3 = u.t;
             }
-            CompactTensor c;
-            ggml_init_params cp = {ggml_tensor_overhead(), nullptr, true};
-            c.ctx = ggml_init(cp);
-            c.t = ggml_new_tensor_3d(c.ctx, down->type, G, n_embd, nb);
-            c.buf = ggml_backend_alloc_ctx_tensors_from_buft(c.ctx, ggml_backend_cpu_buffer_type());
-            if (!c.buf) {
-                ggml_free(c.ctx);
-                return fail(SIRIUS_ERR_INTERNAL, "could not allocate the block-major copy of " + std::string(name[2]));
-            }
-            sp->owned.push_back(c);
-            const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G);
-            uint8_t * dst = static_cast<uint8_t *>(c.t->data);
-            for (int64_t b = 0; b < nb; ++b) {
-                for (int64_t r = 0; r < n_embd; ++r) {
-                    memcpy(dst + ((size_t) b * n_embd + r) * blk, down_src + (size_t) r * row + (size_t) b * blk, blk);
+            if (!repacked) {
+                if (up3) {  // no repacked layout for this shape: the plain copy is not needed either
+                    ggml_backend_buffer_free(sp->owned.back().buf);
+                    ggml_free(sp->owned.back().ctx);
+                    sp->owned.pop_back();
+                }
+                up3 = ggml_new_tensor_3d(sp->file_view.ctx, up->type, n_embd, G, nb);
+                if (ggml_backend_tensor_alloc(sp->file_view.buf, up3, const_cast<uint8_t *>(up_src)) != GGML_STATUS_SUCCESS) {
+                    return fail(SIRIUS_ERR_INTERNAL, "could not place the top-k view of " + std::string(name[0]));
                 }
             }
+            const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G);
+            staging.resize(ggml_nbytes(down));
+            for (int64_t b = 0; b < nb; ++b) {
+                for (int64_t r = 0; r < n_embd; ++r) {
+                    memcpy(staging.data() + ((size_t) b * n_embd + r) * blk, down_src + (size_t) r * row + (size_t) b * blk, blk);
+                }
+            }
+            CompactTensor c;
+            ggml_backend_buffer_type_t dbuft = want_repack ? repack_buft(down) : nullptr;
+            if (int32_t rc = copy3(dbuft, down->type, G, n_embd, nb, staging.data(), c, repacked)) return rc;
+            sp->owned.push_back(c);
             ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
             row6[0] = up; row6[1] = gate; row6[2] = down;
             row6[3] = up3; row6[4] = gate; row6[5] = c.t;
             sp->group_size[il] = (int32_t) G;
+            sp->blocks[il] = std::make_unique<BlockLayer>();
+            sp->blocks[il]->s = s;
+            sp->blocks[il]->il = il;
+            sp->blocks[il]->up3 = up3;
+            sp->blocks[il]->down3 = c.t;
         }
         s->sparse = std::move(sp);
         llama_sirius_set_ffn(s->ctx, n_layer, s->sparse->table.data());
     }
     SparseFFN & sp = *s->sparse;
+    sp.sparsity = sparsity;
     int64_t kept = 0, total = 0, skipped = 0;
     sp.info.n_layers_sparse = 0;
     sp.info.group_size = 0;
@@ -309,8 +303,11 @@ int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info)
         ggml_tensor * up3 = sp.table[(size_t) il * 6 + 3];
         if (!up3) continue;
         const int64_t G = up3->ne[1], nb = up3->ne[2], n_embd = up3->ne[0];
+        // Threshold: the expected count (the calibration's density; each token keeps its own number of groups).
+        // Its top-k entry keeps every group, so a layer the builder ever declined would still be exact.
         const int64_t k = std::clamp<int64_t>(std::llround(density * nb), 1, nb);
-        sp.topk_blocks[il] = (int32_t) k;
+        sp.topk_blocks[il] = (int32_t) (threshold ? nb : k);
+        if (sp.blocks[il]) sp.blocks[il]->threshold = threshold ? s->thresholds[il] : 0.0f;
         sp.info.n_layers_sparse++;
         sp.info.group_size = std::max<int32_t>(sp.info.group_size, (int32_t) G);
         kept += k * G;
@@ -318,6 +315,7 @@ int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info)
         skipped += 2 * n_embd * (nb - k) * G;  // up and down rows of the skipped groups (gate is dense)
     }
     llama_sirius_set_ffn_topk(s->ctx, n_layer, sp.topk_blocks.data());
+    block_ffn_sync(s);
     sp.info.bytes = 0;
     for (const auto & c : sp.owned) sp.info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
     sp.info.density = total ? (double) kept / (double) total : 1.0;
@@ -331,13 +329,13 @@ int32_t topk_build(sirius_session * s, float density, sirius_sparse_info * info)
 }  // namespace
 
 int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
-    if (sparsity != SIRIUS_SPARSITY_GRIFFIN && sparsity != SIRIUS_SPARSITY_TOPK) {
+    if (sparsity != SIRIUS_SPARSITY_GRIFFIN && sparsity != SIRIUS_SPARSITY_TOPK && sparsity != SIRIUS_SPARSITY_THRESHOLD) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(sparsity));
     }
     if (!(density > 0.0f && density <= 1.0f)) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(density));
     }
-    if (sparsity == SIRIUS_SPARSITY_TOPK) return topk_build(s, density, info);
+    if (sparsity != SIRIUS_SPARSITY_GRIFFIN) return block_build(s, sparsity, density, info);
     if (s->griffin_tokens <= 0) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no Griffin statistic: evaluate a prompt with sirius_griffin_collect on first");
     }

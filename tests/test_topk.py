@@ -5,7 +5,7 @@ checked against the NumPy reference doing the same selection."""
 import numpy as np
 import pytest
 
-from reference import LlamaReference
+from reference import LlamaReference, group_masks
 from sirius_local import LLM
 from test_reference import PROMPT, compare
 
@@ -61,12 +61,7 @@ def test_topk_decode_matches_reference(llm, reference):
     assert all(len(g) == k and len(set(g)) == k for g in kept.values())
     full = toks + [nxt]
     # 1. With exactly those groups kept for the last token, the model equals the masked reference.
-    masks = {}
-    for il, groups in kept.items():
-        m = np.zeros(N_FF, dtype=bool)
-        for b in groups:
-            m[b * G:(b + 1) * G] = True
-        masks[il] = m
+    masks = group_masks(kept, G, N_FF)
     gates = {}
     ref_sparse = reference.logits(full, ffn_keep=masks, keep_from=len(toks), record_gate=gates)[-1:]
     # 2. The kept groups are the top k of the block scores the reference sees (gate inputs from the same masked
