@@ -39,6 +39,7 @@ GSM_PROMPTS = [
     "A: Let's think step by step.",
 ]
 VERIFY_KS = [1, 2, 4, 8, 12, 16, 24, 32]
+BIG_K = 256  # tokens of the batch whose per-token cost stands for ggml's best arithmetic rate
 
 
 def weight_bytes(path: str) -> dict:
@@ -88,14 +89,31 @@ def predicted_tps(k: int, a: float, s_ms: float, v_ms: float) -> float:
     return 1000.0 * advance / ((k - 1) * s_ms + v_ms)
 
 
-def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3) -> list[dict]:
+def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3, weight_bytes_per_step: int = 0) -> list[dict]:
     """Dense K-token batches (logits at every position) after a prefilled prompt, as multiples r(K) of a
-    one-token decode step."""
+    one-token decode step, with two lower bounds beside each:
+
+    * bytes_bound_r: a K-token pass reads the weights once, as one token does, and writes K rows of logits:
+      (W + K * n_vocab * 4) / (W + n_vocab * 4). Where r(K) is near it, the batch is bandwidth-bound.
+    * arith_bound_r: K tokens at the per-token cost c of a large batch (BIG_K tokens, weight reads fully
+      amortised: the arithmetic rate ggml's own gemm kernels reach on this machine), K * c / v(1). Where r(K)
+      is near it, the batch is compute-bound at ggml's best rate; above it, small batches run slower kernels.
+    """
+    toks = llm.tokenize(prompt, add_bos=True)
     llm.reset()
-    llm.eval(llm.tokenize(prompt, add_bos=True), logits_all=False)
+    llm.eval(toks, logits_all=False)
     ms = llm.measure_verify(ks, repeats=repeats)
     one = ms[ks.index(1)] if 1 in ks else llm.measure_verify([1], repeats)[0]
-    return [{"k": k, "seconds": m / 1000.0, "r": m / one} for k, m in zip(ks, ms)]
+    big_k = min(BIG_K, llm.n_ctx() - len(toks))
+    per_token = llm.measure_verify([big_k], repeats=1)[0] / big_k if big_k >= 64 else None
+    out_bytes = 4 * llm.n_vocab()
+    w = max(weight_bytes_per_step, 1)
+    rows = []
+    for k, m in zip(ks, ms):
+        arith = k * per_token / one if per_token else None
+        rows.append({"k": k, "seconds": m / 1000.0, "r": m / one, "arith_bound_r": arith,
+                     "bytes_bound_r": (w + k * out_bytes) / (w + out_bytes)})
+    return rows
 
 
 def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
@@ -145,7 +163,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 extra = f" AAL {st['aal']:.2f}/{k}" if mode == "sirius" and st["aal"] else ""
                 log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f} {k or '':>4}: "
                     f"{st['tokens_per_second']:7.2f} tok/s{extra}")
-        vc = verify_curve(llm, prompts[0]) if curve or "sirius" in modes else None
+        vc = verify_curve(llm, prompts[0], weight_bytes_per_step=wb["per_step"]) if curve or "sirius" in modes else None
         dense_tps = statistics.median(samples[configs[0]]) if configs[0][0] == "dense" else None
         runs = []
         for c in configs:
@@ -220,8 +238,10 @@ def format_table(res: dict) -> str:
                      f"{r['tokens_per_second']:8.2f} {ratio:>9} {ideal:>6} {r['sparse_param_fraction']:11.3f} "
                      f"{r['sparse_bytes'] / 1e6:8.1f}{sir}")
     if res.get("verify_curve"):
-        lines.append("dense K-token verify, in decode steps r(K): " +
-                     ", ".join(f"K={v['k']}: {v['r']:.2f}" for v in res["verify_curve"]))
+        lines.append("dense K-token verify, in decode steps: r(K) measured [arithmetic bound, bytes bound]")
+        lines.append("  " + ", ".join(
+            f"K={v['k']}: {v['r']:.2f} [{v['arith_bound_r'] or 0:.2f}, {v['bytes_bound_r']:.2f}]"
+            for v in res["verify_curve"]))
     return "\n".join(lines)
 
 

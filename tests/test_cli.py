@@ -123,6 +123,10 @@ def test_bench_sirius_rows(model_path, tmp_path):
         assert 0 <= x["agreement_with_dense"] <= 1 and x["predicted_tokens_per_second"] > 0
     ks = [v["k"] for v in res["verify_curve"]]
     assert ks[0] == 1 and res["verify_curve"][0]["r"] == 1.0 and all(v["seconds"] > 0 for v in res["verify_curve"])
+    for v in res["verify_curve"]:  # the bounds: linear in K for arithmetic, ~1 for bytes (weights read once)
+        assert v["arith_bound_r"] == pytest.approx(v["k"] * res["verify_curve"][0]["arith_bound_r"])
+        assert 1.0 <= v["bytes_bound_r"] < 1.0 + 0.1 * v["k"]
+    assert "arithmetic bound" in r.stdout
 
 
 def test_bench_json(model_path, tmp_path):
