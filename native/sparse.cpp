@@ -219,6 +219,20 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no per-layer thresholds are set for this session: calibrate them "
                                                  "(sirius-local calibrate MODEL --density D) and set them first");
     }
+    if (threshold) {  // its kernels are ggml-cpu custom ops: weights offloaded to a GPU would bounce every token
+        LayerFFN f;
+        for (int32_t il = 0; il < n_layer; ++il) {
+            if (!layer_ffn(model, il, f)) continue;
+            for (const ggml_tensor * t : {f.up, f.gate, f.down}) {
+                ggml_backend_dev_t dev = t->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer)) : nullptr;
+                if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+                    return fail(SIRIUS_ERR_UNSUPPORTED, "sparsity 'threshold' runs on the CPU only, and layer " +
+                                                            std::to_string(il) + "'s FFN is on " + ggml_backend_dev_name(dev) +
+                                                            ": load with n_gpu_layers=0, or use sparsity 'topk' or 'griffin'");
+                }
+            }
+        }
+    }
     const bool want_repack = !threshold;  // (falls back to the plain layout per tensor where it cannot)
     if (!s->sparse || (s->sparse->sparsity != SIRIUS_SPARSITY_TOPK && s->sparse->sparsity != SIRIUS_SPARSITY_THRESHOLD) ||
         s->sparse->repack_layout != want_repack) {
