@@ -205,10 +205,10 @@ int32_t copy3(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne0, int6
 // (group b's quant block from every row, contiguous), and the selection: top-k keeps round(density * n_groups)
 // groups per token (patch 0002's graph: ggml_mul_mat_id); threshold keeps the groups whose score reaches the
 // layer's calibrated threshold (block_ffn.cpp's kernels through patch 0003's builder).
-// Layout: top-k copies up and down into the CPU repacking buffer where the model's own weights are repacked,
-// so mul_mat_id runs the same interleaved kernels as dense decoding (measured: the plain layout's vec_dot
-// costs more than the skipped bytes save on a 2-core CPU); threshold's kernels read the file layout, so up is
-// read in place from the mapped GGUF and only down is copied. Built once per session and layout; a new
+// Layout: where the model's own weights are repacked, top-k views the repacked up and copies down into the
+// CPU repacking buffer, so mul_mat_id runs the same interleaved kernels as dense decoding (measured: the plain
+// layout's vec_dot costs more than the skipped bytes save on a 2-core CPU); threshold's kernels read the file
+// layout, so up is read in place from the mapped GGUF and down is copied plain. Built once per session and layout; a new
 // density only changes the per-layer selection.
 int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -250,7 +250,7 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
             return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
         }
         sp->file_view.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(sp->file->base), sp->file->size);
-        const size_t n_tensors = 2 * (size_t) n_layer + 1;
+        const size_t n_tensors = 2 * (size_t) n_layer + 1;  // per layer: up3 (a view or a file tensor), spare
         ggml_init_params ip = {ggml_tensor_overhead() * n_tensors, nullptr, true};
         sp->file_view.ctx = ggml_init(ip);
         if (!sp->file_view.buf || !sp->file_view.ctx) return fail(SIRIUS_ERR_INTERNAL, "could not map the GGUF for top-k");
@@ -265,20 +265,18 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
             const uint8_t * down_src = sp->file->tensor(name[2], ggml_nbytes(down));
             if (!up_src || !down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read layer ") + std::to_string(il) + "'s FFN from " + s->model->path);
 
+            // up3: where the model's up is repacked, a 3-D view of that very tensor. Repacking interleaves rows in
+            // runs of 8 and G is a multiple of 8, so each group of G rows is a contiguous, self-contained
+            // repacked matrix, which is what mul_mat_id's repacked path reads per expert; the view's buffer
+            // gives it the same kernels. No copy. Otherwise (and for threshold's kernels) the file layout,
+            // read in place from the mapped GGUF.
             ggml_tensor * up3 = nullptr;
             bool repacked = false;
-            if (want_repack && repack_buft(up)) {
-                CompactTensor u;
-                if (int32_t rc = copy3(repack_buft(up), up->type, n_embd, G, nb, up_src, u, repacked)) return rc;
-                sp->owned.push_back(u);
-                up3 = u.t;
+            if (want_repack && repack_buft(up) && up->extra) {
+                up3 = ggml_view_3d(sp->file_view.ctx, up, n_embd, G, nb, up->nb[1], (size_t) G * up->nb[1], 0);
+                repacked = ggml_backend_view_init(up3) == GGML_STATUS_SUCCESS && up3->extra != nullptr;
             }
             if (!repacked) {
-                if (up3) {  // no repacked layout for this shape: the plain copy is not needed either
-                    ggml_backend_buffer_free(sp->owned.back().buf);
-                    ggml_free(sp->owned.back().ctx);
-                    sp->owned.pop_back();
-                }
                 up3 = ggml_new_tensor_3d(sp->file_view.ctx, up->type, n_embd, G, nb);
                 if (ggml_backend_tensor_alloc(sp->file_view.buf, up3, const_cast<uint8_t *>(up_src)) != GGML_STATUS_SUCCESS) {
                     return fail(SIRIUS_ERR_INTERNAL, "could not place the top-k view of " + std::string(name[0]));
