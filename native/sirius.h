@@ -223,10 +223,11 @@ SIRIUS_API int32_t sirius_truncate(sirius_session * session, int32_t n_keep);
  * evaluations; 0 stops it. sparse_build selects, per layer, the round(density * n_groups) neuron groups with
  * the highest statistic and gathers them into compact gate/up/down tensors (exact byte copies of the GGUF's
  * quantised rows and blocks). Top-k needs no statistic: sparse_build(SIRIUS_SPARSITY_TOPK) makes a
- * block-major copy of each ffn_down once per session (up is read in place from the mapped GGUF) and sets
- * round(density * n_groups) groups per token; SIRIUS_SPARSITY_THRESHOLD uses the same copies with the thresholds
- * set by sirius_set_thresholds (density is then the calibration's, for the report). set_ffn_mode(SPARSE) then makes single-token decodes use them; batches of more
- * than one token are always dense. */
+ * block-major copy of each ffn_down once per session (up is a view of the model's own, repacked, tensor, or
+ * read in place from the mapped GGUF) and sets round(density * n_groups) groups per token;
+ * SIRIUS_SPARSITY_THRESHOLD uses plain-layout copies with the thresholds set by sirius_set_thresholds (density
+ * is then the calibration's, for the report). set_ffn_mode(SPARSE) then makes single-token decodes use them;
+ * batches of more than one token are always dense. */
 SIRIUS_API int32_t sirius_griffin_collect(sirius_session * session, int32_t collect);
 SIRIUS_API int32_t sirius_sparse_build(sirius_session * session, int32_t sparsity, float density, sirius_sparse_info * info);
 SIRIUS_API int32_t sirius_set_ffn_mode(sirius_session * session, int32_t mode);

@@ -54,26 +54,32 @@ int ffn_act_layer(const char * name) {
     return -1;
 }
 
-// Allocates one tensor like `like` (type) with shape ne0 x ne1 in the buffer type of `like`; falls back to the
-// plain CPU buffer type when a CPU extra buffer type (repack) cannot take this shape.
-int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTensor & out) {
-    ggml_init_params ip = {ggml_tensor_overhead() * 2, nullptr, true};
-    ggml_backend_buffer_type_t buft = like->buffer ? ggml_backend_buffer_get_type(like->buffer) : ggml_backend_cpu_buffer_type();
-    if (ggml_backend_buft_is_host(buft) && strcmp(ggml_backend_buft_name(buft), "CPU_Mapped") == 0) {
-        buft = ggml_backend_cpu_buffer_type();  // weights read from the mmapped file: the copy is plain host memory
+// A CPU extra buffer type (weight repacking), which can hold a shape only if it sets tensor->extra for it: on
+// the CPU device, neither the plain nor the mmapped type. (Extra types report is_host false: go by name.)
+bool cpu_extra(ggml_backend_buffer_type_t buft) {
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    if (buft == ggml_backend_cpu_buffer_type() || !dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
+        return false;
     }
+    const char * name = ggml_backend_buft_name(buft);
+    return strcmp(name, "CPU") != 0 && strcmp(name, "CPU_Mapped") != 0;
+}
+
+// Allocates one tensor of `type`, shape ne0 x ne1 x ne2, in buft; falls back to the plain CPU buffer type when
+// buft is a CPU extra type that cannot take this shape.
+int32_t alloc_tensor(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2,
+                     CompactTensor & out) {
+    ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
     for (int attempt = 0; attempt < 2; ++attempt) {
         out.ctx = ggml_init(ip);
-        out.t = ggml_new_tensor_2d(out.ctx, like->type, ne0, ne1);
+        out.t = ggml_new_tensor_3d(out.ctx, type, ne0, ne1, ne2);
         out.buf = ggml_backend_alloc_ctx_tensors_from_buft(out.ctx, buft);
         if (!out.buf) {
             ggml_free(out.ctx);
             out = {};
-            return fail(SIRIUS_ERR_INTERNAL, std::string("could not allocate a compact FFN tensor in ") + ggml_backend_buft_name(buft));
+            return fail(SIRIUS_ERR_INTERNAL, std::string("could not allocate a sparse FFN tensor in ") + ggml_backend_buft_name(buft));
         }
-        const bool extra_cpu = ggml_backend_buft_is_host(buft) && buft != ggml_backend_cpu_buffer_type() &&
-                               strcmp(ggml_backend_buft_name(buft), "CPU") != 0;
-        if (!extra_cpu || out.t->extra != nullptr) {
+        if (!cpu_extra(buft) || out.t->extra != nullptr) {
             return SIRIUS_OK;
         }
         ggml_backend_buffer_free(out.buf);
@@ -81,7 +87,17 @@ int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTe
         out = {};
         buft = ggml_backend_cpu_buffer_type();
     }
-    return fail(SIRIUS_ERR_INTERNAL, "could not allocate a compact FFN tensor");
+    return fail(SIRIUS_ERR_INTERNAL, "could not allocate a sparse FFN tensor");
+}
+
+// A tensor like `like` (its type) with shape ne0 x ne1, in the buffer type of `like` (plain host memory for
+// weights read from the mmapped file).
+int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTensor & out) {
+    ggml_backend_buffer_type_t buft = like->buffer ? ggml_backend_buffer_get_type(like->buffer) : ggml_backend_cpu_buffer_type();
+    if (ggml_backend_buft_is_host(buft) && strcmp(ggml_backend_buft_name(buft), "CPU_Mapped") == 0) {
+        buft = ggml_backend_cpu_buffer_type();
+    }
+    return alloc_tensor(buft, like->type, ne0, ne1, 1, out);
 }
 
 
@@ -165,40 +181,7 @@ namespace {
 
 // The CPU extra buffer type (weight repacking) that holds t, or nullptr if t is in plain or mapped memory.
 ggml_backend_buffer_type_t repack_buft(const ggml_tensor * t) {
-    if (!t->buffer) return nullptr;
-    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(t->buffer);
-    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
-    if (buft == ggml_backend_cpu_buffer_type() || !dev || ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
-        return nullptr;
-    }
-    const char * name = ggml_backend_buft_name(buft);  // (extra CPU types report is_host false: go by name)
-    return strcmp(name, "CPU") == 0 || strcmp(name, "CPU_Mapped") == 0 ? nullptr : buft;
-}
-
-// A 3-D copy of `bytes` (file layout) in buft if that repacks this shape (tensor->extra set), else in plain CPU
-// memory. repacked tells which.
-int32_t copy3(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2,
-              const void * bytes, CompactTensor & c, bool & repacked) {
-    for (int attempt = buft ? 0 : 1; attempt < 2; ++attempt) {
-        ggml_init_params cp = {ggml_tensor_overhead(), nullptr, true};
-        c.ctx = ggml_init(cp);
-        c.t = ggml_new_tensor_3d(c.ctx, type, ne0, ne1, ne2);
-        c.buf = ggml_backend_alloc_ctx_tensors_from_buft(c.ctx, attempt == 0 ? buft : ggml_backend_cpu_buffer_type());
-        if (!c.buf) {
-            ggml_free(c.ctx);
-            c = {};
-            return fail(SIRIUS_ERR_INTERNAL, "could not allocate a block copy of an FFN tensor");
-        }
-        repacked = attempt == 0;
-        if (attempt == 1 || c.t->extra != nullptr) {
-            ggml_backend_tensor_set(c.t, bytes, 0, ggml_nbytes(c.t));  // a repacking buffer converts as it stores
-            return SIRIUS_OK;
-        }
-        ggml_backend_buffer_free(c.buf);
-        ggml_free(c.ctx);
-        c = {};
-    }
-    return SIRIUS_OK;
+    return t->buffer && cpu_extra(ggml_backend_buffer_get_type(t->buffer)) ? ggml_backend_buffer_get_type(t->buffer) : nullptr;
 }
 
 // Top-k and threshold: per layer, up as [n_embd, G, n_groups], a block-major copy of down [G, n_embd, n_groups]
@@ -291,8 +274,9 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
             }
             CompactTensor c;
             ggml_backend_buffer_type_t dbuft = want_repack ? repack_buft(down) : nullptr;
-            if (int32_t rc = copy3(dbuft, down->type, G, n_embd, nb, staging.data(), c, repacked)) return rc;
+            if (int32_t rc = alloc_tensor(dbuft ? dbuft : ggml_backend_cpu_buffer_type(), down->type, G, n_embd, nb, c)) return rc;
             sp->owned.push_back(c);
+            ggml_backend_tensor_set(c.t, staging.data(), 0, staging.size());  // a repacking buffer converts as it stores
             ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
             row6[0] = up; row6[1] = gate; row6[2] = down;
             row6[3] = up3; row6[4] = gate; row6[5] = c.t;

@@ -135,9 +135,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
         if "threshold" in sparsities and modes != ["dense"]:
             from . import calibration
 
-            data, _ = calibration.load(llm.model_path)
-            have = set(data["densities"]) if data else set()
-            missing = [d for d in densities if d < 1.0 and calibration._key(d) not in have]
+            missing = calibration.uncalibrated(llm.model_path, densities)
             if missing:
                 log(f"calibrating threshold sparsity for density {', '.join(map(str, missing))} (built-in text)")
                 res = llm.calibrate(missing)
@@ -171,6 +169,9 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             sts = stats[c]
             st = sts[-1]
             tps = statistics.median(samples[c])
+            # threshold keeps a varying share of groups: the one its decodes measured
+            dens = (statistics.median(x["density_measured"] for x in sts) if sp == "threshold"
+                    else st.get("density_actual", 1.0))
             if mode == "dense":
                 if "dense" not in modes:
                     continue
@@ -180,15 +181,13 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 # the fraction its decodes measured). Top-k and threshold read the gate in full.
                 per_token = sp in ("topk", "threshold")
                 skippable = sum(wb["ffn_per_layer"].values()) - (sum(wb["gate_per_layer"].values()) if per_token else 0)
-                dens = statistics.median(x["density_measured"] for x in sts) if sp == "threshold" else st["density_actual"]
                 skipped = skippable * (1.0 - dens) if st["sparse"] else 0.0
                 ideal = wb["per_step"] / (wb["per_step"] - skipped)
                 frac = st["sparse_param_fraction"]
             row = {"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
                    "samples": samples[c], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
                    "ideal_ratio": ideal, "sparse_param_fraction": frac,
-                   "density_actual": (statistics.median(x["density_measured"] for x in sts) if sp == "threshold"
-                                      else st.get("density_actual", 1.0)),
+                   "density_actual": dens,
                    "sparse_bytes": st.get("sparse_bytes", 0),
                    "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
                    "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)

@@ -83,6 +83,13 @@ def thresholds_for(model_path: str | os.PathLike, density: float, n_layer: int) 
     return [float(x) for x in t]
 
 
+def uncalibrated(model_path: str | os.PathLike, densities: Sequence[float]) -> list[float]:
+    """The densities below 1.0 that the model's calibration file (if any) has no thresholds for."""
+    data, _ = load(model_path)
+    have = set(data["densities"]) if data else set()
+    return [d for d in densities if d < 1.0 and _key(d) not in have]
+
+
 def _check_densities(densities: Sequence[float]) -> list[float]:
     out = []
     for d in densities:
