@@ -18,15 +18,6 @@
 namespace sirius {
 namespace {
 
-llama_token argmax(const float * l, int32_t n) {
-    // The first maximum, as llama.cpp's greedy sampler picks it (strict mode must agree on ties).
-    int32_t best = 0;
-    for (int32_t i = 1; i < n; ++i) {
-        if (l[i] > l[best]) best = i;
-    }
-    return best;
-}
-
 // softmax(l / T)[tok]
 float softmax_prob(const float * l, int32_t n, float T, llama_token tok) {
     const float mx = *std::max_element(l, l + n);
@@ -119,8 +110,11 @@ llama_token speculative_accept(std::vector<float> & p, const std::vector<float> 
 //   of parameters a sparse step reads), a from the drafts checked so far with a prior of 9 accepted, 1 not.
 //   If even a = 1 could not beat dense by 10%, the call decodes densely to the end (stats say so); while the
 //   estimate says dense but a = 1 would pay, one probing period runs after 32, 64, 128, ... dense steps.
+//   A tree of width W drafts with 1 + (K-2)·W sparse steps and verifies (K-1)·W + 1 tokens; a is then the
+//   acceptance rate along the winning beams.
 struct CostModel {
-    std::vector<double> v;  // v[k], k = 1..kmax
+    std::vector<double> v;  // v[n], n = 1..nodes(kmax)
+    int32_t width = 1;
     double s_sum = 0.0;
     int32_t s_n = 0;
     double s_prior = 0.0;
@@ -133,12 +127,14 @@ struct CostModel {
         for (int32_t i = 1; i < k; ++i) e += (ai *= a);
         return e;
     }
-    double rate(int32_t k, double a) const { return advance(a, k) / ((k - 1) * sparse_ms() + v[k]); }
+    int32_t nodes(int32_t k) const { return (k - 1) * width + 1; }
+    int32_t steps(int32_t k) const { return width == 1 ? k - 1 : 1 + (k - 2) * width; }
+    double rate(int32_t k, double a) const { return advance(a, k) / (steps(k) * sparse_ms() + v[nodes(k)]); }
     // Best K in [2, kmax] if its rate beats dense decoding's by the factor `margin`, else 1 (decode densely).
     int32_t choose(int32_t kmax, double a, double margin) const {
         int32_t best = 1;
         double best_rate = margin / v[1];
-        for (int32_t k = 2; k <= kmax && k < (int32_t) v.size(); ++k) {
+        for (int32_t k = 2; k <= kmax && nodes(k) < (int32_t) v.size(); ++k) {
             if (rate(k, a) > best_rate) best_rate = rate(k, a), best = k;
         }
         return best;
@@ -234,9 +230,13 @@ int32_t check_correction_params(const sirius_generate_params & p) {
             return fail(SIRIUS_ERR_INVALID_ARGUMENT, "accept_temperature must be > 0, got " + std::to_string(c.accept_temperature));
         }
     }
-    if (c.width != 1) {
-        return fail(SIRIUS_ERR_UNSUPPORTED, "width " + std::to_string(c.width) +
-                                                ": tree verification (width > 1) is not implemented yet; use width 1");
+    if (c.width < 1 || c.width > SIRIUS_MAX_WIDTH) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "width must be in [1, " + std::to_string(SIRIUS_MAX_WIDTH) + "], got " +
+                                                     std::to_string(c.width));
+    }
+    if (c.width > 1 && c.acceptance == SIRIUS_ACCEPT_SAMPLE) {
+        return fail(SIRIUS_ERR_UNSUPPORTED, "width > 1 (tree verification) is greedy: use relaxed or strict acceptance "
+                                            "at temperature 0, or width 1 to sample");
     }
     return SIRIUS_OK;
 }
@@ -267,6 +267,7 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
     llama_token pending = pick(llama_get_logits_ith(s->ctx, -1));
 
     CostModel cost;
+    cost.width = cp.width;
     int32_t kmax = auto_k ? cp.max_period : cp.period;
     {
         // The session's dense cost curve, measured once (a few dense batches, then removed): v(1) for the
@@ -282,7 +283,7 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
         if (auto_k && room > 1) {
             for (int32_t k : kCurveKs) {
                 const bool known = k < (int32_t) s->verify_ms.size() && s->verify_ms[k] > 0;
-                if (k <= std::min(kmax, room) && !known) ks.push_back(k);
+                if (k <= std::min(cost.nodes(kmax), room) && !known) ks.push_back(k);
             }
         }
         if (!ks.empty()) {
@@ -293,7 +294,7 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
         st.dense_step_ms = s->verify_ms.size() > 1 ? s->verify_ms[1] : 0.0;
         if (auto_k) {
             if (st.dense_step_ms > 0) {
-                interpolate_curve(s->verify_ms, kmax, cost.v);
+                interpolate_curve(s->verify_ms, cost.nodes(kmax), cost.v);
                 cost.s_prior = cost.v[1] * std::max(0.05, res.sparse.param_fraction);
             } else {
                 kmax = 1;  // no room left to measure: decode densely
@@ -307,6 +308,26 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
     int32_t dense_run = 0;     // auto: dense steps since the last probe
     int32_t probe_every = 32;  // auto: dense steps between probing periods (doubles after each)
     bool final_dense = false;
+
+    // After a verification that kept j of the period's k - 1 drafts (batch = the period's tokens, the KV already
+    // rolled back): statistics, the trace, then the verified tokens go out. false: generation ends.
+    auto finish_period = [&](int32_t k, int32_t j, llama_token correction) -> bool {
+        st.periods++;
+        st.drafted += k - 1;
+        st.accepted += j;
+        st.advanced += j + 1;
+        st.corrections += j < k - 1 ? 1 : 0;
+        st.last_period = k;
+        if (cp.on_period) cp.on_period(cp.period_user_data, c, k, batch.data() + 1, probs.data(), j, correction);
+        cost.acc += j;
+        cost.rej += j < k - 1 ? 1 : 0;
+        bool go = true;
+        for (int32_t i = 1; i <= j && go; ++i) go = out.emit(batch[i], c + i);
+        if (go) go = out.emit(correction, c + j + 1);
+        pending = correction;
+        c += j + 1;
+        return go;
+    };
 
     if (out.emit(pending, c)) {
         while (true) {
@@ -326,6 +347,9 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
                 k = 1;
             }
             k = std::min({k, (int32_t) s->n_ctx - c, p.max_tokens - res.n_generated});
+            if (cp.width > 1) {  // the whole tree must fit in the context and in one batch
+                k = std::min(k, (std::min((int32_t) s->n_ctx - c, (int32_t) s->n_batch) - 1) / cp.width + 1);
+            }
             if (k < 2) {
                 // One dense step: pending goes into the cache, the dense model picks the next token.
                 const auto t0 = std::chrono::steady_clock::now();
@@ -335,6 +359,23 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
                 st.dense_steps++;
                 st.t_dense_ms += ms_since(t0);
                 if (!out.emit(pending, ++c)) break;
+                continue;
+            }
+
+            if (cp.width > 1) {
+                TreeOutcome t;
+                if ((status = tree_period(s, p, pending, k, t)) != SIRIUS_OK) break;
+                batch = std::move(t.path);
+                probs = std::move(t.probs);
+                const int32_t j = t.accepted;
+                k = (int32_t) batch.size();
+                cost.s_sum += t.sparse_ms;
+                cost.s_n += t.sparse_steps;
+                st.draft_steps += t.sparse_steps;
+                st.tree_nodes += t.nodes + t.rewritten;
+                st.t_draft_ms += t.draft_ms;
+                st.t_verify_ms += t.verify_ms;
+                if (!finish_period(k, j, t.correction)) break;
                 continue;
             }
 
@@ -399,23 +440,10 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
 
             // Roll back past the last accepted draft; the correction comes after it.
             truncate_to(s, c + j + 1);
-            st.periods++;
-            st.drafted += k - 1;
-            st.accepted += j;
-            st.advanced += j + 1;
-            st.corrections += j < k - 1 ? 1 : 0;
-            st.last_period = k;
+            st.draft_steps += k - 1;
+            st.tree_nodes += k;
             st.t_verify_ms += ms_since(t0);
-            if (cp.on_period) cp.on_period(cp.period_user_data, c, k, batch.data() + 1, probs.data(), j, correction);
-            cost.acc += j;
-            cost.rej += j < k - 1 ? 1 : 0;
-
-            bool go = true;
-            for (int32_t i = 1; i <= j && go; ++i) go = out.emit(batch[i], c + i);
-            if (go) go = out.emit(correction, c + j + 1);
-            if (!go) break;
-            pending = correction;
-            c += j + 1;
+            if (!finish_period(k, j, correction)) break;
         }
     }
     // The cache keeps exactly the tokens before the one that ended generation (as dense decoding leaves it), or

@@ -81,6 +81,30 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
                         sirius_token_callback callback, void * user_data, sirius_generate_result & res);
 int32_t check_correction_params(const sirius_generate_params & p);
 
+// The first maximum, as llama.cpp's greedy sampler picks it (strict mode must agree on ties).
+inline llama_token argmax(const float * l, int32_t n) {
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; ++i) {
+        if (l[i] > l[best]) best = i;
+    }
+    return best;
+}
+
+// tree.cpp: one period of width p.sirius.width > 1 (greedy acceptance: relaxed or strict) from the verified
+// token `root` at position c = n_past, K = k. Leaves the session holding dense KV for root and the accepted
+// drafts (sequence 0) and nothing else; on failure, exactly what it held before.
+struct TreeOutcome {
+    std::vector<llama_token> path;   // the winning beam: root, then its K-1 drafts
+    std::vector<float>       probs;  // each draft's dense probability under the rule (0 where never judged)
+    int32_t     accepted = 0;        // leading drafts kept
+    llama_token correction = -1;     // the dense token after them
+    int32_t     nodes = 0;           // tokens in the verify batch
+    int32_t     rewritten = 0;       // accepted tokens evaluated again to keep the cache in position order
+    int32_t     sparse_steps = 0;    // single-token sparse decodes
+    double      sparse_ms = 0.0, draft_ms = 0.0, verify_ms = 0.0;
+};
+int32_t tree_period(sirius_session * s, const sirius_generate_params & p, llama_token root, int32_t k, TreeOutcome & out);
+
 // sparse.cpp
 bool    eval_callback(struct ggml_tensor * t, bool ask, void * user_data);
 int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info);

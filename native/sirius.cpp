@@ -456,7 +456,10 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     cp.n_ctx = n_ctx;
     cp.n_batch = n_batch;
     cp.n_ubatch = n_batch;
-    cp.n_seq_max = 1;
+    // Tree verification (width > 1) keeps each draft beam as a sequence of one unified KV cache: sequence 0
+    // holds the session's tokens, 1..2·SIRIUS_MAX_WIDTH the beams of two consecutive tree levels.
+    cp.n_seq_max = 1 + 2 * SIRIUS_MAX_WIDTH;
+    cp.kv_unified = true;
     cp.n_threads = n_threads;
     cp.n_threads_batch = n_threads_batch;
     cp.no_perf = true;

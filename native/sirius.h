@@ -48,6 +48,9 @@ typedef enum {
     SIRIUS_MODE_SIRIUS = 2   /* sparse drafts checked every period by one dense batch (the correction loop) */
 } sirius_mode;
 
+/* Largest tree width (draft beams per period). */
+enum { SIRIUS_MAX_WIDTH = 8 };
+
 typedef enum {
     SIRIUS_ACCEPT_RELAXED = 0,  /* the paper's rule: softmax(dense_logits / accept_temperature)[draft] >= threshold */
     SIRIUS_ACCEPT_STRICT  = 1,  /* only the dense argmax: output identical to dense greedy decoding */
@@ -102,7 +105,8 @@ typedef struct {
     int32_t acceptance;          /* sirius_acceptance */
     float   threshold;           /* relaxed: in (0, 1] */
     float   accept_temperature;  /* relaxed: > 0 (0.6 in the paper) */
-    int32_t width;               /* draft beams verified together; only 1 is implemented */
+    int32_t width;               /* draft beams verified together in one tree batch, 1..SIRIUS_MAX_WIDTH;
+                                    > 1 needs relaxed or strict acceptance */
     sirius_period_callback on_period;  /* may be NULL */
     void *  period_user_data;
 } sirius_correction_params;
@@ -122,6 +126,9 @@ typedef struct {
     double  sparse_step_ms;  /* measured mean cost of one sparse step */
     double  dense_step_ms;   /* measured cost of one dense decode step on this session (0: no room to measure) */
     double  t_calibrate_ms;  /* measuring the session's dense cost curve (first call only) */
+    int32_t draft_steps;     /* sparse single-token decodes (= drafted at width 1; 1 + (K-2)·W per tree period) */
+    int32_t tree_nodes;      /* tokens the dense model evaluated to verify (= drafted + periods at width 1; a tree
+                                also re-evaluates accepted nodes off the best beam, to keep the cache in order) */
 } sirius_correction_stats;
 
 typedef struct {

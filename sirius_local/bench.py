@@ -84,9 +84,22 @@ def prefix_agreement(ids: list[int], dense_ids: list[int]) -> float:
     return n / len(dense_ids) if dense_ids else 1.0
 
 
-def predicted_tps(k: int, a: float, s_ms: float, v_ms: float) -> float:
+def predicted_tps(k: int, a: float, s_ms: float, v_ms: float, width: int = 1) -> float:
+    """The cost model of period="auto" (correction.cpp): a period advances 1 + a + ... + a^(K-1) tokens for
+    K-1 sparse steps (a tree: 1 + (K-2)·W) and one dense batch of v_ms (K tokens; a tree: (K-1)·W + 1)."""
     advance = sum(a ** i for i in range(k))
-    return 1000.0 * advance / ((k - 1) * s_ms + v_ms)
+    steps = k - 1 if width == 1 else 1 + (k - 2) * width
+    return 1000.0 * advance / (steps * s_ms + v_ms)
+
+
+def curve_ms(vc: list[dict], n: int) -> float:
+    """Milliseconds of an n-token dense batch from the measured curve: linear between measured points, and
+    proportional to n past the last one (compute-bound)."""
+    pts = [(r["k"], r["seconds"] * 1000.0) for r in vc]
+    for (k0, m0), (k1, m1) in zip(pts, pts[1:]):
+        if k0 <= n <= k1:
+            return m0 + (m1 - m0) * (n - k0) / (k1 - k0)
+    return pts[-1][1] * n / pts[-1][0] if n > pts[-1][0] else pts[0][1]
 
 
 def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3, weight_bytes_per_step: int = 0) -> list[dict]:
@@ -117,7 +130,7 @@ def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3, weight_bytes_
 
 
 def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
-        acceptance="relaxed", threshold=0.1, curve=False, n_ctx=2048, mlock=True, log=print) -> dict:
+        acceptance="relaxed", threshold=0.1, widths=(1,), curve=False, n_ctx=2048, mlock=True, log=print) -> dict:
     from .llm import LLM
 
     prompts = list(prompts or ([prompt] if prompt else GSM_PROMPTS))
@@ -127,11 +140,11 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
         wb = weight_bytes(llm.model_path)
         configs = []
         if "dense" in modes or "sirius" in modes:
-            configs.append(("dense", None, 1.0, None))
+            configs.append(("dense", None, 1.0, None, None))
         if "sparse" in modes:
-            configs += [("sparse", sp, d, None) for sp in sparsities for d in densities]
+            configs += [("sparse", sp, d, None, None) for sp in sparsities for d in densities]
         if "sirius" in modes:
-            configs += [("sirius", sp, d, k) for sp in sparsities for d in densities for k in periods]
+            configs += [("sirius", sp, d, k, w) for sp in sparsities for d in densities for k in periods for w in widths]
         if "threshold" in sparsities and modes != ["dense"]:
             from . import calibration
 
@@ -147,10 +160,10 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             p = prompts[rep % len(prompts)]
             dense_ids = None
             for c in configs:
-                mode, sp, d, k = c
+                mode, sp, d, k, w = c
                 kw = dict(mode=mode) if mode == "dense" else dict(mode=mode, sparsity=sp, density=d)
                 if mode == "sirius":
-                    kw.update(period=k, acceptance=acceptance, threshold=threshold)
+                    kw.update(period=k, acceptance=acceptance, threshold=threshold, width=w)
                 llm.reset()
                 st = llm.create_completion(p, max_tokens=tokens, ignore_eos=True, **kw)["stats"]
                 if mode == "dense":
@@ -158,14 +171,14 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 st["agreement_with_dense"] = prefix_agreement(st["token_ids"], dense_ids) if dense_ids else None
                 samples[c].append(st["tokens_per_second"])
                 stats[c].append(st)
-                extra = f" AAL {st['aal']:.2f}/{k}" if mode == "sirius" and st["aal"] else ""
+                extra = f" AAL {st['aal']:.2f}/{k}" + (f" W={w}" if w > 1 else "") if mode == "sirius" and st["aal"] else ""
                 log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f} {k or '':>4}: "
                     f"{st['tokens_per_second']:7.2f} tok/s{extra}")
         vc = verify_curve(llm, prompts[0], weight_bytes_per_step=wb["per_step"]) if curve or "sirius" in modes else None
         dense_tps = statistics.median(samples[configs[0]]) if configs[0][0] == "dense" else None
         runs = []
         for c in configs:
-            mode, sp, d, k = c
+            mode, sp, d, k, w = c
             sts = stats[c]
             st = sts[-1]
             tps = statistics.median(samples[c])
@@ -197,13 +210,12 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 rej = sum(x["corrections"] for x in sts)
                 periods = sum(x["periods"] for x in sts)
                 a = acc / (acc + rej) if acc + rej else 0.0
-                sparse_row = ("sparse", sp, d, None)
+                sparse_row = ("sparse", sp, d, None, None)
                 s_ms = (1000.0 / statistics.median(samples[sparse_row]) if sparse_row in samples
                         else statistics.median(x["sparse_step_ms"] for x in sts))
-                v_ms = {r["k"]: r["seconds"] * 1000.0 for r in vc}
                 kk = k if k != "auto" else (st["period_last"] or 1)
-                v_k = v_ms.get(kk) or (vc[-1]["seconds"] * 1000.0 * kk / vc[-1]["k"])
-                row.update(period=k, acceptance=acceptance, threshold=threshold if acceptance == "relaxed" else None,
+                v_k = curve_ms(vc, (kk - 1) * w + 1)  # the verify batch: K tokens, or a tree's nodes
+                row.update(period=k, width=w, acceptance=acceptance, threshold=threshold if acceptance == "relaxed" else None,
                            aal=sum(x["advanced"] for x in sts) / periods if periods else None,
                            effective_density=statistics.median(x["effective_density"] for x in sts),
                            accept_rate=a, sparse_step_ms=s_ms, verify_ms=v_k,
@@ -211,7 +223,8 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                            verify_seconds=statistics.median(x["verify_seconds"] for x in sts),
                            dense_steps=statistics.median(x["dense_steps"] for x in sts),
                            auto_dense=any(x["auto_dense"] for x in sts),
-                           predicted_tokens_per_second=predicted_tps(k, a, s_ms, v_k) if k != "auto" else None)
+                           tree_nodes=statistics.median(x["tree_nodes"] for x in sts),
+                           predicted_tokens_per_second=predicted_tps(k, a, s_ms, v_k, w) if k != "auto" else None)
                 row["ideal_ratio"] = None  # Sirius's bound depends on acceptance: see effective_density
             runs.append(row)
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
@@ -233,7 +246,8 @@ def format_table(res: dict) -> str:
         pred = f"{r['predicted_tokens_per_second']:9.2f}" if r.get("predicted_tokens_per_second") else f"{'-':>9}"
         sir = (f" {r['aal'] or 0:6.2f} {r['effective_density']:8.2f} {r['agreement_with_dense']:6.2f} "
                f"{pred}") if r["mode"] == "sirius" else ""
-        lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {r['density_actual']:7.2f} {r.get('period') or '-':>3} "
+        k = f"{r['period']}x{r['width']}" if r.get("width", 1) > 1 else (r.get("period") or "-")
+        lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {r['density_actual']:7.2f} {k:>3} "
                      f"{r['tokens_per_second']:8.2f} {ratio:>9} {ideal:>6} {r['sparse_param_fraction']:11.3f} "
                      f"{r['sparse_bytes'] / 1e6:8.1f}{sir}")
     if res.get("verify_curve"):
@@ -256,6 +270,7 @@ def add_parser(sub) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--period", default="16", help="sirius: comma list of K values (or 'auto')")
     p.add_argument("--acceptance", default="relaxed", choices=["relaxed", "strict"], help="sirius acceptance rule")
+    p.add_argument("--width", default="1", help="sirius: comma list of tree widths (draft beams per period, 1-8)")
     p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed threshold")
     p.add_argument("--verify-curve", action="store_true", help="also measure dense K-token batch costs r(K)")
     p.add_argument("--prompt", default=None, help="one prompt instead of the built-in GSM-style ones")
@@ -292,8 +307,15 @@ def cmd_bench(a) -> int:
                                     f"got {a.period!r}") from None
     if not periods or any(k != "auto" and not 2 <= k <= 512 for k in periods):
         raise InvalidParameterError(f"bench: periods must be in [2, 512] or 'auto', got {a.period!r}")
+    try:
+        widths = [int(w) for w in a.width.split(",") if w.strip()]
+    except ValueError:
+        raise InvalidParameterError(f"bench: --width must be a comma list of integers in [1, 8], got {a.width!r}") from None
+    if not widths or any(not 1 <= w <= 8 for w in widths):
+        raise InvalidParameterError(f"bench: widths must be in [1, 8], got {a.width!r}")
     res = run(a.model, modes=modes, sparsities=sparsities, densities=densities, threads=a.threads, tokens=a.tokens,
               repeats=a.repeats, prompt=a.prompt, periods=periods, acceptance=a.acceptance, threshold=a.threshold,
+              widths=widths,
               curve=a.verify_curve, mlock=not a.no_mlock, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
     if a.json:

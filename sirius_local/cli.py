@@ -44,6 +44,8 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
                    help="sirius: relaxed (default when greedy), strict (identical to dense greedy), sample "
                         "(default when --temperature > 0)")
     p.add_argument("--accept-temperature", type=float, default=0.6, help="sirius relaxed: softmax temperature (0.6)")
+    p.add_argument("--width", type=int, default=1, help="sirius: draft beams verified together as one tree "
+                   "(1-8, greedy only; pays where a wider batch is nearly free, e.g. a GPU)")
 
 
 def _period(v: str):
@@ -59,7 +61,7 @@ def _sampling(a) -> dict:
     return {"max_tokens": a.max_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
             "min_p": a.min_p, "seed": a.seed, "mode": a.mode, "sparsity": a.sparsity, "density": a.density,
             "period": a.period, "threshold": a.threshold, "acceptance": a.acceptance,
-            "accept_temperature": a.accept_temperature}
+            "accept_temperature": a.accept_temperature, "width": a.width}
 
 
 def _load(a):

@@ -363,8 +363,10 @@ class LLM:
                  f"threshold must be in (0, 1], got {threshold!r}")
         _require(isinstance(accept_temperature, (int, float)) and math.isfinite(accept_temperature) and accept_temperature > 0,
                  f"accept_temperature must be a finite number > 0, got {accept_temperature!r}")
-        _require(_is_int(width) and width >= 1, f"width must be an integer >= 1, got {width!r}")
-        _require(width == 1, f"width={width}: tree verification (width > 1) is not implemented yet; use width=1")
+        _require(_is_int(width) and 1 <= width <= lib.SIRIUS_MAX_WIDTH,
+                 f"width must be an integer in [1, {lib.SIRIUS_MAX_WIDTH}], got {width!r}")
+        _require(width == 1 or mode != "sirius" or acceptance != "sample",
+                 f"width={width} (tree verification) is greedy: use temperature=0, or width=1 to sample")
 
         p = ffi.new("sirius_generate_params *")
         p.max_tokens = int(max_tokens)
@@ -373,9 +375,15 @@ class LLM:
         p.sampling.top_p = float(top_p)
         p.sampling.min_p = float(min_p)
         p.sampling.seed = int(seed)
+        # cffi frees what ffi.new returned once the Python object goes: the strings and the array of pointers to
+        # them live in `keep`, returned with p (a struct field does not hold a reference).
         keep = [ffi.new("char[]", s.encode()) for s in stop]
-        p.stop = ffi.new("char *[]", keep) if keep else ffi.NULL
-        p.n_stop = len(keep)
+        n_stop = len(keep)
+        p.stop = ffi.NULL
+        if keep:
+            keep.append(ffi.new("char *[]", keep))
+            p.stop = keep[-1]
+        p.n_stop = n_stop
         p.mode = MODES.index(mode)
         p.sparsity = SPARSITIES.index(sparsity)
         p.density = float(density)
@@ -525,9 +533,12 @@ class LLM:
         softmax(logits / accept_temperature)[draft] >= threshold), "strict" (only the dense argmax: output
         identical to dense greedy) or "sample" (temperature > 0; the output is distributed as the dense
         model's). period="auto" picks K from this machine's measured costs (up to max_period) and decodes
-        densely where drafting cannot pay. stats add aal, periods, drafted, accepted, corrections,
-        effective_density, the time drafting vs verifying and speedup_vs_dense; trace=True adds every
-        verification (drafts, their dense probabilities, how many were kept)."""
+        densely where drafting cannot pay. width > 1 drafts that many beams (scored by cumulative log
+        softmax(logits / accept_temperature)) and verifies the tree of their paths in one batch; the beam with
+        the longest accepted prefix wins (greedy acceptance only; worth it where a wider batch is nearly free,
+        as on a GPU). stats add aal, periods, drafted, accepted, corrections, effective_density, draft_steps,
+        tree_nodes, the time drafting vs verifying and speedup_vs_dense; trace=True adds every verification
+        (the winning drafts, their dense probabilities, how many were kept)."""
         self._live()
         toks = self._prompt_tokens(prompt)
         params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
@@ -624,17 +635,22 @@ def _correction_stats(cp, st, stats: dict) -> dict:
     decode step."""
     spf = stats["sparse_param_fraction"] if stats["sparse"] else 1.0
     steps = st.advanced + st.dense_steps
-    reads = st.drafted * spf + st.periods + st.dense_steps
+    # A tree drafts several beams: count its sparse steps, not the winning path's drafts. A tree's verify
+    # batch reads the weights once, as a chain's does (on a CPU it costs more: tree_nodes says how much more).
+    reads = st.draft_steps * spf + st.periods + st.dense_steps
     dense_tps = 1000.0 / st.dense_step_ms if st.dense_step_ms > 0 else 0.0
     return {
         "period": "auto" if cp.period == 0 else cp.period,
         "period_last": st.last_period,
         "acceptance": ACCEPTANCES[cp.acceptance],
+        "width": cp.width,
         "threshold": cp.threshold if cp.acceptance == 0 else None,
         "aal": st.advanced / st.periods if st.periods else None,
         "periods": st.periods,
         "advanced": st.advanced,
         "drafted": st.drafted,
+        "draft_steps": st.draft_steps,
+        "tree_nodes": st.tree_nodes,
         "accepted": st.accepted,
         "corrections": st.corrections,
         "dense_steps": st.dense_steps,

@@ -301,7 +301,7 @@ def test_measure_verify_leaves_session_unchanged(llm):
     ({"acceptance": "maybe"}, "acceptance"),
     ({"acceptance": "sample"}, "temperature"),
     ({"acceptance": "strict", "temperature": 0.7}, "greedy"),
-    ({"width": 2}, "width"),
+    ({"width": 9}, "width"),
     ({"accept_temperature": 0}, "accept_temperature"),
 ])
 def test_bad_correction_parameters(llm, kw, match):
