@@ -104,8 +104,13 @@ def test_generate_sirius_strict_equals_dense(model_path):
     assert dense.returncode == 0 and sirius.returncode == 0, sirius.stderr
     assert sirius.stdout == dense.stdout
     assert "AAL" in sirius.stderr and "/4" in sirius.stderr and "x dense" in sirius.stderr
+    tree = subprocess.run(args + ["--mode", "sirius", "--acceptance", "strict", "--period", "4", "--density", "0.8",
+                                  "--width", "3"], capture_output=True, text=True, timeout=120)
+    assert tree.returncode == 0 and tree.stdout == dense.stdout, tree.stderr
     bad = subprocess.run(args + ["--mode", "sirius", "--period", "1"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "period must be" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run(args + ["--mode", "sirius", "--width", "9"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "width must be" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_bench_sirius_rows(model_path, tmp_path):
