@@ -7,6 +7,8 @@ import json
 import math
 from pathlib import Path
 
+from ..bench import prefix_agreement
+
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for k successes in n trials."""
@@ -17,15 +19,6 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return max(0.0, c - h), min(1.0, c + h)
-
-
-def prefix_agreement(ids: list[int], ref: list[int]) -> float:
-    n = 0
-    for a, b in zip(ids, ref):
-        if a != b:
-            break
-        n += 1
-    return n / len(ref) if ref else 1.0
 
 
 def read_results(path: Path) -> list[dict]:

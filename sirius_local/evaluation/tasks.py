@@ -191,42 +191,45 @@ def _sample(examples: list, limit: int | None, seed: int) -> list:
     return [examples[i] for i in idx[:limit or len(idx)]]
 
 
-class StrategyQA(Task):
-    name = "strategyqa"
+class BigBench(Task):
+    """A BIG-bench task.json task: `question_and_gold` makes each example, `extract` reads the answer."""
+
+    source = ""
+    exemplars: list = []
+    extract = staticmethod(answers.extract_yes_no)
+
+    def question_and_gold(self, e: dict) -> tuple[str, str]:
+        raise NotImplementedError
 
     def load(self, limit, seed):
-        data = bigbench_task("strategyqa")["examples"]
         out = []
-        for i, e in _sample(list(enumerate(data)), limit, seed):
-            gold = max(e["target_scores"], key=e["target_scores"].get).strip().rstrip(".").lower()
-            q = e["input"].strip()
-            out.append(Example(f"strategyqa-{i}", few_shot(STRATEGYQA_EXEMPLARS, q), gold, {"question": q}))
+        for i, e in _sample(list(enumerate(bigbench_task(self.source)["examples"])), limit, seed):
+            q, gold = self.question_and_gold(e)
+            out.append(Example(f"{self.name}-{i}", few_shot(self.exemplars, q), gold, {"question": q}))
         return out
 
     def score(self, ex, completion):
-        strict, fallback = answers.extract_yes_no(completion)
+        strict, fallback = self.extract(completion)
         return {"answer": strict or fallback, "correct": strict == ex.reference,
                 "correct_fallback": fallback == ex.reference}
 
 
-class DateUnderstanding(Task):
-    name = "date"
+class StrategyQA(BigBench):
+    name, source, exemplars = "strategyqa", "strategyqa", STRATEGYQA_EXEMPLARS
 
-    def load(self, limit, seed):
-        data = bigbench_task("date_understanding")["examples"]
-        out = []
-        for i, e in _sample(list(enumerate(data)), limit, seed):
-            opts = list(e["target_scores"])
-            letters = [chr(ord("A") + j) for j in range(len(opts))]
-            gold = letters[max(range(len(opts)), key=lambda j: e["target_scores"][opts[j]])]
-            q = e["input"].strip() + "\nOptions:\n" + "\n".join(f"({l}) {o}" for l, o in zip(letters, opts))
-            out.append(Example(f"date-{i}", few_shot(DATE_EXEMPLARS, q), gold, {"question": q}))
-        return out
+    def question_and_gold(self, e):
+        return e["input"].strip(), max(e["target_scores"], key=e["target_scores"].get).strip().rstrip(".").lower()
 
-    def score(self, ex, completion):
-        strict, fallback = answers.extract_option(completion)
-        return {"answer": strict or fallback, "correct": strict == ex.reference,
-                "correct_fallback": fallback == ex.reference}
+
+class DateUnderstanding(BigBench):
+    name, source, exemplars = "date", "date_understanding", DATE_EXEMPLARS
+    extract = staticmethod(answers.extract_option)
+
+    def question_and_gold(self, e):
+        opts = list(e["target_scores"])
+        letters = [chr(ord("A") + j) for j in range(len(opts))]
+        gold = letters[max(range(len(opts)), key=lambda j: e["target_scores"][opts[j]])]
+        return e["input"].strip() + "\nOptions:\n" + "\n".join(f"({l}) {o}" for l, o in zip(letters, opts)), gold
 
 
 class HumanEval(Task):
