@@ -92,7 +92,7 @@ inline llama_token argmax(const float * l, int32_t n) {
 
 // tree.cpp: one period of width p.sirius.width > 1 (greedy acceptance: relaxed or strict) from the verified
 // token `root` at position c = n_past, K = k. Leaves the session holding dense KV for root and the accepted
-// drafts (sequence 0) and nothing else; on failure, exactly what it held before.
+// drafts (sequence 0) and nothing else; on failure, at most those (the caller truncates to c).
 struct TreeOutcome {
     std::vector<llama_token> path;   // the winning beam: root, then its K-1 drafts
     std::vector<float>       probs;  // each draft's dense probability under the rule (0 where never judged)

@@ -88,7 +88,7 @@ int32_t tree_period(sirius_session * s, const sirius_generate_params & p, llama_
     llama_memory_seq_cp(mem, 0, beams[0].seq, -1, -1);
 
     // Draft: K-1 levels. Level t decodes the beams' leaves one token each (the sparse FFN path is a single-token
-    // one), then keeps the W best children over all leaves.
+    // one), then keeps W children over all leaves (see the selection below).
     auto t0 = std::chrono::steady_clock::now();
     set_ffn_mode(s, SIRIUS_MODE_SPARSE);
     std::vector<llama_token> tops;

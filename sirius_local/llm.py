@@ -656,6 +656,8 @@ def _correction_stats(cp, st, stats: dict) -> dict:
         "dense_steps": st.dense_steps,
         "auto_dense": bool(st.auto_dense),
         "effective_density": reads / steps if steps else None,
+        "parameter_reads": reads,  # effective_density's numerator (full-model weight passes) ...
+        "loop_tokens": steps,      # ... and its denominator (tokens the loop produced), for pooling calls
         "draft_seconds": st.t_draft_ms / 1000.0,
         "verify_seconds": st.t_verify_ms / 1000.0,
         "dense_seconds": st.t_dense_ms / 1000.0,

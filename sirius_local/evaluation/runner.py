@@ -15,10 +15,6 @@ from . import report, tasks
 MODES = ("dense", "sparse", "sirius")
 
 
-def _config(**kw) -> dict:
-    return {k: v for k, v in kw.items()}
-
-
 def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:
     st = res["stats"]
     n = st["completion_tokens"]
@@ -30,9 +26,8 @@ def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:
     if mode == "sparse":
         row.update(reads=n * spf, steps=n)
     elif mode == "sirius":
-        row.update(aal=st["aal"], periods=st["periods"], advanced=st["advanced"],
-                   reads=st["draft_steps"] * spf + st["periods"] + st["dense_steps"],
-                   steps=st["advanced"] + st["dense_steps"])
+        row.update(aal=st["aal"], periods=st["periods"], advanced=st["advanced"], reads=st["parameter_reads"],
+                   steps=st["loop_tokens"])
     return row
 
 
@@ -40,6 +35,7 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
         limit=None, seed=0, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
         progress=True, log=lambda m: print(m, file=sys.stderr)) -> dict:
     from ..llm import LLM
+    from ..registry import resolve
 
     t = tasks.get(task)
     modes = list(modes)
@@ -51,8 +47,9 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
-    cfg = _config(task=task, modes=modes, sparsity=sparsity, density=density, period=period, threshold=threshold,
-                  width=width, limit=limit, seed=seed, max_tokens=max_tokens or t.max_tokens)
+    cfg = dict(task=task, modes=modes, sparsity=sparsity, density=density, period=period, threshold=threshold,
+                  width=width, limit=limit, seed=seed, max_tokens=max_tokens or t.max_tokens,
+                  model=str(resolve(model)))
     cfg_path = out / "config.json"
     if results.is_file() and results.stat().st_size > 0:
         if not resume:
@@ -65,8 +62,7 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
                                         f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same ones or "
                                         f"another --out")
     examples = t.load(limit, seed)
-    with LLM(model, n_ctx=n_ctx, n_threads=threads) as llm:
-        cfg["model"] = llm.model_path
+    with LLM(cfg["model"], n_ctx=n_ctx, n_threads=threads) as llm:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         done = {(r["id"], r["mode"]) for r in report.read_results(results)}
         todo = [(ex, m) for ex in examples for m in modes if (ex.id, m) not in done]
@@ -99,5 +95,6 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
                     bar.update(1)
         if bar:
             bar.close()
-        rows = [r for r in report.read_results(results) if r["id"] in {e.id for e in examples}]
+        ids = {e.id for e in examples}
+        rows = [r for r in report.read_results(results) if r["id"] in ids]
         return report.write(out, rows, task, llm.model_path, modes)
