@@ -263,8 +263,8 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
         return sample_from(pw, rng);
     };
 
-    // The first token comes from the prefill's logits (read them before anything else is decoded).
-    llama_token pending = pick(llama_get_logits_ith(s->ctx, -1));
+    // The first token comes from the prompt's logits.
+    llama_token pending = pick(s->prompt_logits.data());
 
     CostModel cost;
     cost.width = cp.width;

@@ -32,6 +32,11 @@ struct sirius_session {
     uint32_t                 n_batch = 0;
     std::vector<llama_token> tokens;       // exactly the tokens whose KV is in the cache, positions 0..n-1
     int32_t                  n_dense = 0;  // leading tokens whose KV came from the dense model (reusable)
+    // The dense logits after the last prompt's prefill, valid while tokens[0, prompt_logits_n) stand: a re-run of
+    // that prompt starts from them instead of re-evaluating its last token alone (which rounds differently
+    // from the batch and could change a greedy answer), so it is bit-identical to a fresh run.
+    std::vector<float>       prompt_logits;
+    int32_t                  prompt_logits_n = 0;
     bool                     sparse_on = false;
 
     // Griffin statistic, accumulated from the FFN activations of dense batches while collecting:

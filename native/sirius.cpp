@@ -184,6 +184,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
 
 void truncate_to(sirius_session * s, int32_t n_keep) {
     if (n_keep < s->griffin_upto) s->griffin_upto = 0;  // the statistic has tokens that are gone: unusable
+    if (n_keep < s->prompt_logits_n) s->prompt_logits_n = 0;
     if (n_keep < (int32_t) s->tokens.size()) {
         llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_keep, -1);
         s->tokens.resize(n_keep);
@@ -243,9 +244,17 @@ namespace {
 int32_t plain_loop(sirius_session * s, const sirius_generate_params & p, sirius::TextStream & text,
                    sirius_token_callback callback, void * user_data, sirius_generate_result & res) {
     llama_sampler * smpl = make_sampler(p.sampling);
+    const int32_t n_vocab = s->model->n_vocab;
+    std::vector<llama_token_data> cur(n_vocab);
+    const float * row = s->prompt_logits.data();  // the first token comes from the prompt's logits
     int32_t status = SIRIUS_OK;
     while (true) {
-        const llama_token tok = llama_sampler_sample(smpl, s->ctx, -1);
+        // llama_sampler_sample's CPU path, over a row we choose
+        for (llama_token t = 0; t < n_vocab; ++t) cur[t] = llama_token_data{t, row[t], 0.0f};
+        llama_token_data_array arr{cur.data(), cur.size(), -1, false};
+        llama_sampler_apply(smpl, &arr);
+        const llama_token tok = arr.data[arr.selected].id;
+        llama_sampler_accept(smpl, tok);
         if (!p.ignore_eos && llama_vocab_is_eog(s->model->vocab, tok)) {
             res.finish_reason = SIRIUS_FINISH_STOP;
             break;
@@ -266,6 +275,7 @@ int32_t plain_loop(sirius_session * s, const sirius_generate_params & p, sirius:
             break;
         }
         if ((status = decode(s, &tok, 1, false, nullptr)) != SIRIUS_OK) break;
+        row = llama_get_logits_ith(s->ctx, -1);
     }
     llama_sampler_free(smpl);
     return status;
@@ -557,8 +567,8 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     sirius_generate_result res{};
     res.n_prompt = n_prompt;
 
-    // Reuse the dense KV of the longest common prefix; the last prompt token is always evaluated for its
-    // logits. Sparse modes need Griffin's statistic over the whole prompt: it is kept for the prefix it was
+    // Reuse the dense KV of the longest common prefix; the last prompt token is evaluated for its logits unless
+    // they are kept from this very prompt's prefill. Sparse modes need Griffin's statistic over the whole prompt: it is kept for the prefix it was
     // collected on, so a prompt that extends that prefix (the next chat turn) evaluates only what is new;
     // any other prompt is prefilled in full.
     int32_t common = 0;
@@ -567,23 +577,30 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     const int32_t upto = s->griffin_upto;
     const bool griffin = sparse && params->sparsity == SIRIUS_SPARSITY_GRIFFIN;  // top-k needs no statistic
     const bool stats_reusable = griffin && upto > 0 && common >= upto;
-    int32_t start = std::min(common, n_prompt - 1);
-    if (griffin) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
+    // A re-run of the very prompt whose logits are kept (and, for Griffin, whose statistic is) evaluates nothing.
+    const bool whole = common == n_prompt && s->prompt_logits_n == n_prompt && (!griffin || (stats_reusable && upto >= n_prompt));
+    int32_t start = whole ? n_prompt : std::min(common, n_prompt - 1);
+    if (griffin && !whole) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
     sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);
     truncate_to(s, start);
     res.n_prompt_cached = start;
 
     auto t0 = std::chrono::steady_clock::now();
-    // Collect over [upto, n_prompt); a re-run of the very same prompt only re-evaluates its last token.
-    const bool collect = griffin && !(stats_reusable && upto >= n_prompt);
-    if (collect) sirius::griffin_set_collect(s, true, !stats_reusable);
-    int32_t prc = decode(s, prompt + start, n_prompt - start, false, nullptr);
-    if (collect) sirius::griffin_set_collect(s, false, false);
-    if (prc != SIRIUS_OK) {
-        s->griffin_upto = 0;
-        return prc;
+    if (!whole) {
+        // Collect over [upto, n_prompt).
+        const bool collect = griffin && !(stats_reusable && upto >= n_prompt);
+        s->prompt_logits.resize(s->model->n_vocab);
+        s->prompt_logits_n = 0;
+        if (collect) sirius::griffin_set_collect(s, true, !stats_reusable);
+        int32_t prc = decode(s, prompt + start, n_prompt - start, false, s->prompt_logits.data());
+        if (collect) sirius::griffin_set_collect(s, false, false);
+        if (prc != SIRIUS_OK) {
+            s->griffin_upto = 0;
+            return prc;
+        }
+        s->prompt_logits_n = n_prompt;
+        if (griffin) s->griffin_upto = n_prompt;
     }
-    if (griffin) s->griffin_upto = n_prompt;
     res.t_prompt_ms = ms_since(t0);
     if (sparse) {
         if (int32_t rc = sirius::sparse_build(s, params->sparsity, params->density, &res.sparse)) return rc;

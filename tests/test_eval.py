@@ -101,6 +101,28 @@ def test_resume_gives_the_same_summary(model_path, tmp_path):
         runner.run(model_path, "gsm", limit=2, out=part, resume=True, **{**kw, "density": 0.5})
 
 
+def test_a_prompt_run_again_equals_a_fresh_run(model_path):
+    """The eval runs every mode on one prefill: a re-run of the same prompt evaluates nothing and starts from the
+    prefill's own logits, so each mode's tokens equal those of a fresh session (re-evaluating the last token alone
+    rounds differently and changed this prompt's relaxed Sirius output before)."""
+    from sirius_local import LLM
+
+    ex = tasks.get("gsm").load(1, 0)[0]
+    runs = [("sparse", {}), ("sirius", dict(period=16, threshold=0.1)), ("sirius", dict(period=8, threshold=0.01)),
+            ("dense", {})]
+    kw = dict(max_tokens=32, stop=tasks.get("gsm").stop)
+    with LLM(model_path, n_ctx=2048, n_threads=2) as llm:
+        shared = []
+        for mode, extra in runs:
+            st = llm.create_completion(ex.prompt, mode=mode, **kw, **extra)["stats"]
+            shared.append((st["prompt_tokens_cached"], st["token_ids"]))
+        n = st["prompt_tokens"]
+        assert [c for c, _ in shared] == [0, n, n, n]
+        for (mode, extra), (_, ids) in zip(runs, shared):
+            llm.reset()
+            assert llm.create_completion(ex.prompt, mode=mode, **kw, **extra)["stats"]["token_ids"] == ids, mode
+
+
 def test_eval_end_to_end(model_path, tmp_path):
     out = tmp_path / "ev"
     r = subprocess.run([sys.executable, "-m", "sirius_local.cli", "eval", model_path, "--task", "gsm", "--limit", "3",
@@ -109,6 +131,11 @@ def test_eval_end_to_end(model_path, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and {r["mode"] for r in rows} == {"dense", "sparse", "sirius"}
+    # one prefill per problem: the first mode evaluates the prompt, the others reuse all but its last token
+    for i in range(0, 9, 3):
+        first, *later = rows[i:i + 3]
+        assert first["prompt_tokens_cached"] == 0 and all(r["id"] == first["id"] for r in later)
+        assert all(r["prompt_tokens_cached"] > 500 for r in later), [r["prompt_tokens_cached"] for r in later]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "gsm" and [m["mode"] for m in summary["modes"]] == ["dense", "sparse", "sirius"]
     for m in summary["modes"]:

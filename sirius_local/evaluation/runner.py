@@ -21,7 +21,7 @@ def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:
     spf = st.get("sparse_param_fraction", 1.0) if st.get("sparse") else 1.0
     row = {"id": ex.id, "mode": mode, "answer": scored["answer"], "correct": bool(scored["correct"]),
            "correct_fallback": bool(scored["correct_fallback"]), "reference": ex.reference,
-           "tokens": n, "seconds": seconds, "finish_reason": st["finish_reason"], "token_ids": st["token_ids"],
+           "tokens": n, "seconds": seconds, "prompt_tokens_cached": st["prompt_tokens_cached"], "finish_reason": st["finish_reason"], "token_ids": st["token_ids"],
            "completion": res["choices"][0]["text"]}
     if mode == "sparse":
         row.update(reads=n * spf, steps=n)
@@ -65,7 +65,10 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
     with LLM(cfg["model"], n_ctx=n_ctx, n_threads=threads) as llm:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         done = {(r["id"], r["mode"]) for r in report.read_results(results)}
-        todo = [(ex, m) for ex in examples for m in modes if (ex.id, m) not in done]
+        # One prefill per problem: the sparse modes go first (their prefill also collects Griffin's statistic,
+        # which the next sparse mode reuses), and every later mode re-evaluates only the prompt's last token.
+        order = [m for m in ("sparse", "sirius", "dense") if m in modes]
+        todo = [(ex, m) for ex in examples for m in order if (ex.id, m) not in done]
         if done:
             log(f"resuming: {len(done)} results on file, {len(todo)} to go")
         bar = None
@@ -77,11 +80,14 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
             with results.open("a") as f:  # the last line was cut by an interruption: end it, do not extend it
                 f.write("\n")
         with results.open("a") as f:
+            current = None
             for ex, mode in todo:
                 kw = {} if mode == "dense" else {"sparsity": sparsity, "density": density}
                 if mode == "sirius":
                     kw.update(period=period, threshold=threshold, width=width)
-                llm.reset()
+                if ex.id != current:  # a problem never sees another's cache: results do not depend on order
+                    llm.reset()
+                    current = ex.id
                 t0 = time.perf_counter()
                 res = llm.create_completion(ex.prompt, max_tokens=cfg["max_tokens"], stop=t.stop, temperature=0.0,
                                             mode=mode, **kw)

@@ -1,0 +1,119 @@
+"""Why is the accepted length what it is? Sirius relaxed on the eval's own GSM-style 8-shot prompts, one setting
+changed at a time (threshold, acceptance temperature T, period K, density, sparsity method), side by side on the
+same problems and the same session.
+
+    python benchmarks/aal_sweep.py [MODEL] [--problems 6] [--tokens 80] [--threads 2] [--json OUT]
+
+Per setting: AAL, the per-draft acceptance rate a (accepted / judged: a draft is judged when all before it passed), the AAL that a would give if drafts were
+accepted independently (1 + a + ... + a^(K-1)), the a that AAL >= 14/16 would need, where the rejected drafts
+stood (their dense probability under T: just under the threshold, or far below), and the share of the dense
+greedy tokens reproduced before the first difference (fidelity: the price of a looser rule). Each problem is
+prefilled once; every setting then re-evaluates only the prompt's last token (Griffin's statistic is reused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from sirius_local import LLM
+from sirius_local.bench import prefix_agreement
+from sirius_local.evaluation import tasks
+
+BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6)
+SWEEP = [
+    ("baseline", {}),
+    ("threshold 0.05", {"threshold": 0.05}),
+    ("threshold 0.02", {"threshold": 0.02}),
+    ("threshold 0.01", {"threshold": 0.01}),
+    ("T 1.0", {"accept_temperature": 1.0}),
+    ("K 8", {"period": 8}),
+    ("density 0.6", {"density": 0.6}),
+    ("density 0.7", {"density": 0.7}),
+    ("density 0.8", {"density": 0.8}),
+    ("density 0.9", {"density": 0.9}),
+    ("top-k 0.5", {"sparsity": "topk"}),
+]
+
+
+def needed_rate(aal: float, k: int) -> float:
+    """The per-draft acceptance a with 1 + a + ... + a^(k-1) = aal (bisection; the sum rises with a)."""
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if sum(mid ** i for i in range(k)) < aal:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", nargs="?", default=None)
+    ap.add_argument("--problems", type=int, default=6)
+    ap.add_argument("--tokens", type=int, default=80)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+
+    task = tasks.get("gsm")
+    examples = task.load(a.problems, a.seed)
+    acc = {name: {"traces": [], "agree": [], "stats": []} for name, _ in SWEEP}
+    t_start = time.time()
+    with LLM(a.model, n_ctx=2048, n_threads=a.threads) as llm:
+        for n, ex in enumerate(examples):
+            llm.reset()
+            for name, change in SWEEP:  # sparse settings first: the first one prefills and collects Griffin's stats
+                cfg = {**BASE, **change}
+                res = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop, mode="sirius",
+                                            trace=True, **cfg)
+                acc[name]["stats"].append(res["stats"])
+            dense = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop)["stats"]["token_ids"]
+            for name, _ in SWEEP:
+                st = acc[name]["stats"][-1]
+                acc[name]["agree"].append(prefix_agreement(st["token_ids"], dense))
+            print(f"problem {n + 1}/{len(examples)} done, {time.time() - t_start:.0f} s", file=sys.stderr)
+
+    rows = []
+    for name, change in SWEEP:
+        cfg = {**BASE, **change}
+        k = cfg["period"]
+        periods = [p for st in acc[name]["stats"] for p in st["trace"]]
+        accepted = sum(p["accepted"] for p in periods)
+        rejected = [p["probs"][p["accepted"]] for p in periods if p["accepted"] < len(p["probs"])]
+        # a draft is judged only when all before it passed: a = accepted / judged (the geometric model's estimate)
+        judged = accepted + len(rejected)
+        advanced = sum(st["advanced"] for st in acc[name]["stats"])
+        n_periods = sum(st["periods"] for st in acc[name]["stats"])
+        aal = advanced / n_periods if n_periods else 0.0
+        rate = accepted / judged if judged else 0.0
+        rows.append({
+            "setting": name, **cfg, "periods": n_periods, "aal": aal, "accept_rate": rate,
+            "aal_if_independent": sum(rate ** i for i in range(k)),
+            "rate_needed_for_aal_14_of_16": needed_rate(14 * k / 16, k),
+            "rejected_near": (sum(1 for q in rejected if q >= cfg["threshold"] / 10) / len(rejected)) if rejected else 0.0,
+            "rejected_median_prob": statistics.median(rejected) if rejected else None,
+            "agreement_with_dense": statistics.mean(acc[name]["agree"]),
+            "effective_density": statistics.mean(st["effective_density"] for st in acc[name]["stats"]),
+        })
+    out = {"model": a.model, "problems": len(examples), "tokens": a.tokens, "threads": a.threads, "rows": rows}
+    print("| setting | K | AAL | a | AAL if independent | a needed for 14/16 | rejected within 10x of threshold | "
+          "median p(rejected) | agreement with dense | effective density |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        med = f"{r['rejected_median_prob']:.3f}" if r["rejected_median_prob"] is not None else "-"
+        print(f"| {r['setting']} | {r['period']} | {r['aal']:.2f} | {r['accept_rate']:.3f} | "
+              f"{r['aal_if_independent']:.2f} | {r['rate_needed_for_aal_14_of_16']:.3f} | {r['rejected_near']:.2f} | "
+              f"{med} | {r['agreement_with_dense']:.2f} | {r['effective_density']:.2f} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
