@@ -23,7 +23,7 @@ from sirius_local import LLM
 from sirius_local.bench import prefix_agreement
 from sirius_local.evaluation import tasks
 
-BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6)
+BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6, width=1)
 SWEEP = [
     ("baseline", {}),
     ("threshold 0.05", {"threshold": 0.05}),
@@ -36,6 +36,9 @@ SWEEP = [
     ("density 0.8", {"density": 0.8}),
     ("density 0.9", {"density": 0.9}),
     ("top-k 0.5", {"sparsity": "topk"}),
+    ("width 2", {"width": 2}),  # the paper's 15.22/16 is at its best width, 8
+    ("width 4", {"width": 4}),
+    ("width 8", {"width": 8}),
 ]
 
 
@@ -59,28 +62,36 @@ def main():
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--settings", default=None, help="comma list of setting names to run (default: all)")
     a = ap.parse_args()
+    sweep = SWEEP
+    if a.settings:
+        names = [n.strip() for n in a.settings.split(",")]
+        unknown = [n for n in names if n not in dict(SWEEP)]
+        if unknown:
+            ap.error(f"unknown setting(s) {unknown}; available: {', '.join(n for n, _ in SWEEP)}")
+        sweep = [(n, c) for n, c in SWEEP if n in names]
 
     task = tasks.get("gsm")
     examples = task.load(a.problems, a.seed)
-    acc = {name: {"traces": [], "agree": [], "stats": []} for name, _ in SWEEP}
+    acc = {name: {"agree": [], "stats": []} for name, _ in sweep}
     t_start = time.time()
     with LLM(a.model, n_ctx=2048, n_threads=a.threads) as llm:
         for n, ex in enumerate(examples):
             llm.reset()
-            for name, change in SWEEP:  # sparse settings first: the first one prefills and collects Griffin's stats
+            for name, change in sweep:  # sparse settings first: the first one prefills and collects Griffin's stats
                 cfg = {**BASE, **change}
                 res = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop, mode="sirius",
                                             trace=True, **cfg)
                 acc[name]["stats"].append(res["stats"])
             dense = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop)["stats"]["token_ids"]
-            for name, _ in SWEEP:
+            for name, _ in sweep:
                 st = acc[name]["stats"][-1]
                 acc[name]["agree"].append(prefix_agreement(st["token_ids"], dense))
             print(f"problem {n + 1}/{len(examples)} done, {time.time() - t_start:.0f} s", file=sys.stderr)
 
     rows = []
-    for name, change in SWEEP:
+    for name, change in sweep:
         cfg = {**BASE, **change}
         k = cfg["period"]
         periods = [p for st in acc[name]["stats"] for p in st["trace"]]

@@ -273,6 +273,12 @@ SIRIUS_API int32_t sirius_measure_verify(sirius_session * session, const int32_t
 SIRIUS_API int32_t sirius_speculative_sample(const float * p, const float * q, int32_t n, uint32_t seed, int32_t n_trials,
                                              int32_t * out_tokens, int32_t * n_kept);
 
+/* One ggml-cpu matrix product on caller data (tests hold ggml's CPU paths for a weight type against a reference
+ * and each other): out[c * rows + r] = row r of `weights` (rows x n of ggml type `type`, raw blocks) dot column c
+ * of x (cols x n floats), computed by a ggml graph with n_threads threads, as llama.cpp's matmuls are. */
+SIRIUS_API int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
+                                       const float * x, float * out, int32_t n_threads);
+
 /* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
  * The prompt replaces whatever followed that prefix. */
 SIRIUS_API int32_t sirius_generate(sirius_session * session, const int32_t * prompt, int32_t n_prompt,

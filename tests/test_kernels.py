@@ -1,0 +1,79 @@
+"""ggml-cpu's quantised matrix products on random data, through sirius_ggml_mul_mat: every path a batch size can
+take (vec_dot per column at 1; for Q6_K, patch 0004's small-batch kernel at 2-16 columns and tiled past 16; for
+Q4_K, tiled from 8 columns) against a NumPy reference with gguf's own dequantisation, and the small-batch kernel bit for bit
+against ggml's vec_dot on the same columns."""
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize
+
+from sirius_local._native import ffi, lib, check
+
+BLOCK = {QT.Q6_K: (210, [208]), QT.Q4_K: (144, [0, 2])}  # bytes per 256 weights, offsets of the fp16 scales
+
+
+def random_blocks(qtype, rows: int, n: int, rng) -> np.ndarray:
+    """Random bytes are valid K-quant blocks once the fp16 super-block scales are finite and modest."""
+    size, f16 = BLOCK[qtype]
+    raw = rng.integers(0, 256, size=(rows * n // 256, size), dtype=np.uint8)
+    for off in f16:
+        raw[:, off:off + 2] = rng.uniform(-0.02, 0.02, size=len(raw)).astype(np.float16).view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+def ggml_mul_mat(qtype, w: np.ndarray, x: np.ndarray, threads: int = 2) -> np.ndarray:
+    rows, cols, n = w.shape[0], x.shape[0], x.shape[1]
+    w = np.ascontiguousarray(w)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = np.empty((cols, rows), dtype=np.float32)
+    check(lib.sirius_ggml_mul_mat(int(qtype), n, rows, cols, ffi.cast("void *", w.ctypes.data),
+                                  ffi.cast("float *", x.ctypes.data), ffi.cast("float *", out.ctypes.data), threads))
+    return out
+
+
+def q8_bound(wf: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """ggml quantises each column to Q8_K (256-wide blocks, step max|x|/127): |x - x_q| <= step/2 elementwise, so
+    the product may differ from the float one by at most sum over blocks of step/2 * sum |w|, plus float rounding."""
+    n = x.shape[1]
+    step = np.abs(x.reshape(len(x), n // 256, 256)).max(axis=2) / 127.0            # [cols, blocks]
+    wabs = np.abs(wf).reshape(len(wf), n // 256, 256).sum(axis=2)                  # [rows, blocks]
+    return (step[:, None, :] / 2 * wabs[None, :, :]).sum(axis=2) * 1.001 + 1e-4 * (np.abs(x) @ np.abs(wf).T)
+
+
+@pytest.mark.parametrize("qtype", [QT.Q6_K, QT.Q4_K])
+@pytest.mark.parametrize("cols", [1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 24, 32])
+def test_matmul_matches_the_numpy_reference(qtype, cols):
+    rng = np.random.default_rng(cols)
+    rows, n = 40, 768  # 40 rows: not a multiple of the 16-row chunks; 3 super-blocks per row
+    w = random_blocks(qtype, rows, n, rng)
+    wf = dequantize(w, qtype).reshape(rows, n).astype(np.float64)
+    x = rng.standard_normal((cols, n)).astype(np.float32)
+    got = ggml_mul_mat(qtype, w, x)
+    ref = x.astype(np.float64) @ wf.T
+    err = np.abs(got - ref)
+    assert (err <= q8_bound(wf, x.astype(np.float64))).all(), float(err.max())
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_q6_k_small_batch_is_bit_identical_to_vec_dot(threads):
+    """2..16 columns take patch 0004's kernel (tiled would from 8); one column takes ggml's vec_dot. The kernel
+    keeps vec_dot's integer lanes and float order, so each column must come out bit for bit the same."""
+    rng = np.random.default_rng(7)
+    rows, n = 48, 1536
+    w = random_blocks(QT.Q6_K, rows, n, rng)
+    x = (rng.standard_normal((16, n)) * rng.uniform(0.1, 10, size=(16, 1))).astype(np.float32)
+    single = np.stack([ggml_mul_mat(QT.Q6_K, w, x[c:c + 1], threads)[0] for c in range(16)])
+    for cols in range(2, 17):
+        np.testing.assert_array_equal(ggml_mul_mat(QT.Q6_K, w, x[:cols], threads), single[:cols])
+
+
+def test_bad_arguments_are_errors_not_crashes():
+    w = np.zeros(210, dtype=np.uint8)
+    x = np.zeros((1, 256), dtype=np.float32)
+    with pytest.raises(Exception, match="multiple of the type's block size"):
+        check(lib.sirius_ggml_mul_mat(int(QT.Q6_K), 100, 1, 1, ffi.cast("void *", w.ctypes.data),
+                                      ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1))
+    with pytest.raises(Exception, match="unknown ggml type"):
+        check(lib.sirius_ggml_mul_mat(9999, 256, 1, 1, ffi.cast("void *", w.ctypes.data),
+                                      ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1))
