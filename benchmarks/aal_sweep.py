@@ -2,7 +2,8 @@
 changed at a time (threshold, acceptance temperature T, period K, density, sparsity method), side by side on the
 same problems and the same session.
 
-    python benchmarks/aal_sweep.py [MODEL] [--problems 6] [--tokens 80] [--threads 2] [--json OUT]
+    python benchmarks/aal_sweep.py [MODEL] [--problems 6] [--tokens 80] [--threads 2] [--settings "baseline,width 2"]
+                                   [--json OUT]
 
 Per setting: AAL, the per-draft acceptance rate a (accepted / judged: a draft is judged when all before it passed), the AAL that a would give if drafts were
 accepted independently (1 + a + ... + a^(K-1)), the a that AAL >= 14/16 would need, where the rejected drafts

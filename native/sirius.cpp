@@ -568,9 +568,9 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     res.n_prompt = n_prompt;
 
     // Reuse the dense KV of the longest common prefix; the last prompt token is evaluated for its logits unless
-    // they are kept from this very prompt's prefill. Sparse modes need Griffin's statistic over the whole prompt: it is kept for the prefix it was
-    // collected on, so a prompt that extends that prefix (the next chat turn) evaluates only what is new;
-    // any other prompt is prefilled in full.
+    // they are kept from this very prompt's prefill. Sparse modes need Griffin's statistic over the whole
+    // prompt: it is kept for the prefix it was collected on, so a prompt that extends that prefix (the next chat
+    // turn) evaluates only what is new; any other prompt is prefilled in full.
     int32_t common = 0;
     const int32_t held = std::min<int32_t>((int32_t) s->tokens.size(), s->n_dense);
     while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
