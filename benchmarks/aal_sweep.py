@@ -5,11 +5,12 @@ same problems and the same session.
     python benchmarks/aal_sweep.py [MODEL] [--problems 6] [--tokens 80] [--threads 2] [--settings "baseline,width 2"]
                                    [--json OUT]
 
-Per setting: AAL, the per-draft acceptance rate a (accepted / judged: a draft is judged when all before it passed), the AAL that a would give if drafts were
-accepted independently (1 + a + ... + a^(K-1)), the a that AAL >= 14/16 would need, where the rejected drafts
+Per setting: AAL, the per-draft acceptance rate a (accepted / judged: a draft is judged when all before it
+passed), the AAL that a would give if drafts were accepted independently (1 + a + ... + a^(K-1)), the a that
+AAL >= 14/16 would need, where the rejected drafts
 stood (their dense probability under T: just under the threshold, or far below), and the share of the dense
 greedy tokens reproduced before the first difference (fidelity: the price of a looser rule). Each problem is
-prefilled once; every setting then re-evaluates only the prompt's last token (Griffin's statistic is reused).
+prefilled once; every later setting starts from the kept prefill (Griffin's statistic is reused).
 """
 
 from __future__ import annotations
@@ -108,7 +109,8 @@ def main():
             "setting": name, **cfg, "periods": n_periods, "aal": aal, "accept_rate": rate,
             "aal_if_independent": sum(rate ** i for i in range(k)),
             "rate_needed_for_aal_14_of_16": needed_rate(14 * k / 16, k),
-            "rejected_near": (sum(1 for q in rejected if q >= cfg["threshold"] / 10) / len(rejected)) if rejected else 0.0,
+            "rejected_near": (sum(1 for q in rejected if q >= cfg["threshold"] / 10) / len(rejected)
+                              if rejected else 0.0),
             "rejected_median_prob": statistics.median(rejected) if rejected else None,
             "agreement_with_dense": statistics.mean(acc[name]["agree"]),
             "effective_density": statistics.mean(st["effective_density"] for st in acc[name]["stats"]),

@@ -131,7 +131,7 @@ def test_eval_end_to_end(model_path, tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 9 and {r["mode"] for r in rows} == {"dense", "sparse", "sirius"}
-    # one prefill per problem: the first mode evaluates the prompt, the others reuse all but its last token
+    # one prefill per problem: the first mode evaluates the prompt, the others reuse it
     for i in range(0, 9, 3):
         first, *later = rows[i:i + 3]
         assert first["prompt_tokens_cached"] == 0 and all(r["id"] == first["id"] for r in later)

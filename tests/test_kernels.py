@@ -1,7 +1,7 @@
 """ggml-cpu's quantised matrix products on random data, through sirius_ggml_mul_mat: every path a batch size can
 take (vec_dot per column at 1; for Q6_K, patch 0004's small-batch kernel at 2-16 columns and tiled past 16; for
-Q4_K, tiled from 8 columns) against a NumPy reference with gguf's own dequantisation, and the small-batch kernel bit for bit
-against ggml's vec_dot on the same columns."""
+Q4_K, tiled from 8 columns) against a NumPy reference with gguf's own dequantisation, and the small-batch kernel
+bit for bit against ggml's vec_dot on the same columns."""
 
 import numpy as np
 import pytest

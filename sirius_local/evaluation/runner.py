@@ -21,7 +21,8 @@ def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:
     spf = st.get("sparse_param_fraction", 1.0) if st.get("sparse") else 1.0
     row = {"id": ex.id, "mode": mode, "answer": scored["answer"], "correct": bool(scored["correct"]),
            "correct_fallback": bool(scored["correct_fallback"]), "reference": ex.reference,
-           "tokens": n, "seconds": seconds, "prompt_tokens_cached": st["prompt_tokens_cached"], "finish_reason": st["finish_reason"], "token_ids": st["token_ids"],
+           "tokens": n, "seconds": seconds, "prompt_tokens_cached": st["prompt_tokens_cached"],
+           "finish_reason": st["finish_reason"], "token_ids": st["token_ids"],
            "completion": res["choices"][0]["text"]}
     if mode == "sparse":
         row.update(reads=n * spf, steps=n)
@@ -66,7 +67,7 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         done = {(r["id"], r["mode"]) for r in report.read_results(results)}
         # One prefill per problem: the sparse modes go first (their prefill also collects Griffin's statistic,
-        # which the next sparse mode reuses), and every later mode re-evaluates only the prompt's last token.
+        # which the next sparse mode reuses), and every later mode starts from the kept prefill, evaluating nothing.
         order = [m for m in ("sparse", "sirius", "dense") if m in modes]
         todo = [(ex, m) for ex in examples for m in order if (ex.id, m) not in done]
         if done:
