@@ -1,18 +1,72 @@
 // Runs one ggml-cpu matrix product on caller data, so tests can hold each of ggml's CPU paths for a weight type
-// (vec_dot per column, the patched small-batch kernels, tiled, repacked) against a NumPy reference and each
+// (vec_dot per column, the patched small-batch kernels, tiled, the repacked layouts) against a NumPy reference and each
 // other. Not used by generation.
 
 #include "sirius.h"
 #include "internal.h"
 
+#include "ggml-backend.h"
 #include "ggml-cpu.h"
 #include "ggml.h"
 
 #include <cstring>
 #include <string>
 
+namespace {
+
+// CPU_REPACK, llama.cpp's default home for CPU weights (use_extra_bufts), or null where this build has none
+ggml_backend_buffer_type_t repack_buffer_type(ggml_backend_dev_t dev) {
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(dev);
+    auto get_extra = (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_dev_get_extra_bufts");
+    for (ggml_backend_buffer_type_t * b = get_extra ? get_extra(dev) : nullptr; b && *b; ++b) {
+        if (strcmp(ggml_backend_buft_name(*b), "CPU_REPACK") == 0) return *b;
+    }
+    return nullptr;
+}
+
+// The weights repacked as llama.cpp loads them (setting the tensor repacks it), the product run by the CPU backend
+int32_t mul_mat_repacked(ggml_type t, int32_t n, int32_t rows, int32_t cols, const void * weights, const float * x,
+                         float * out, int32_t n_threads) {
+    ggml_backend_t be = ggml_backend_cpu_init();
+    if (!be) return sirius::fail(SIRIUS_ERR_INTERNAL, "ggml_backend_cpu_init failed");
+    ggml_backend_cpu_set_n_threads(be, n_threads);
+    ggml_backend_buffer_type_t buft = repack_buffer_type(ggml_backend_get_device(be));
+    ggml_init_params ip = {8 * ggml_tensor_overhead() + ggml_graph_overhead(), nullptr, true};
+    ggml_context * wctx = ggml_init(ip);
+    ggml_context * ctx = ggml_init(ip);
+    ggml_backend_buffer_t wbuf = nullptr, buf = nullptr;
+    int32_t rc = SIRIUS_OK;
+    ggml_tensor * w = ggml_new_tensor_2d(wctx, t, n, rows);
+    ggml_tensor * a = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, n, cols);
+    ggml_tensor * y = ggml_mul_mat(ctx, w, a);
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, y);
+    if (!buft || !(wbuf = ggml_backend_alloc_ctx_tensors_from_buft(wctx, buft)) || w->extra == nullptr) {
+        rc = sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, std::string("ggml_mul_mat check: this build does not repack ") +
+                                                          ggml_type_name(t) + " x " + std::to_string(rows) + " rows on this CPU");
+    } else if (!(buf = ggml_backend_alloc_ctx_tensors(ctx, be))) {
+        rc = sirius::fail(SIRIUS_ERR_INTERNAL, "could not allocate the product's buffers");
+    } else {
+        ggml_backend_tensor_set(w, weights, 0, ggml_nbytes(w));
+        ggml_backend_tensor_set(a, x, 0, ggml_nbytes(a));
+        if (ggml_backend_graph_compute(be, gf) != GGML_STATUS_SUCCESS) {
+            rc = sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
+        } else {
+            for (int32_t c = 0; c < cols; ++c) ggml_backend_tensor_get(y, out + (size_t) c * rows, c * y->nb[1], sizeof(float) * rows);
+        }
+    }
+    if (buf) ggml_backend_buffer_free(buf);
+    if (wbuf) ggml_backend_buffer_free(wbuf);
+    ggml_free(ctx);
+    ggml_free(wctx);
+    ggml_backend_free(be);
+    return rc;
+}
+
+}  // namespace
+
 extern "C" int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
-                                       const float * x, float * out, int32_t n_threads) {
+                                       const float * x, float * out, int32_t n_threads, int32_t repack) {
     if (type < 0 || type >= GGML_TYPE_COUNT || !ggml_get_type_traits((ggml_type) type)->type_name) {
         return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown ggml type " + std::to_string(type));
     }
@@ -21,6 +75,7 @@ extern "C" int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, in
         return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "ggml_mul_mat check: n must be a positive multiple of the "
                                                          "type's block size, rows/cols/threads positive, buffers set");
     }
+    if (repack) return mul_mat_repacked(t, n, rows, cols, weights, x, out, n_threads);
     const size_t w_bytes = ggml_row_size(t, n) * (size_t) rows;
     ggml_init_params ip{};
     ip.mem_size = w_bytes + sizeof(float) * ((size_t) n * cols + (size_t) rows * cols) + ggml_graph_overhead() +

@@ -275,9 +275,11 @@ SIRIUS_API int32_t sirius_speculative_sample(const float * p, const float * q, i
 
 /* One ggml-cpu matrix product on caller data (tests hold ggml's CPU paths for a weight type against a reference
  * and each other): out[c * rows + r] = row r of `weights` (rows x n of ggml type `type`, raw blocks) dot column c
- * of x (cols x n floats), computed by a ggml graph with n_threads threads, as llama.cpp's matmuls are. */
+ * of x (cols x n floats), computed by a ggml graph with n_threads threads, as llama.cpp's matmuls are. repack = 1
+ * puts the weights in the CPU_REPACK buffer type first, as llama.cpp loads them by default (an error where this
+ * build and CPU do not repack that type and shape). */
 SIRIUS_API int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
-                                       const float * x, float * out, int32_t n_threads);
+                                       const float * x, float * out, int32_t n_threads, int32_t repack);
 
 /* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
  * The prompt replaces whatever followed that prefix. */

@@ -1,7 +1,11 @@
 """ggml-cpu's quantised matrix products on random data, through sirius_ggml_mul_mat: every path a batch size can
-take (vec_dot per column at 1; for Q6_K, patch 0004's small-batch kernel at 2-16 columns and tiled past 16; for
-Q4_K, tiled from 8 columns) against a NumPy reference with gguf's own dequantisation, and the small-batch kernel
-bit for bit against ggml's vec_dot on the same columns."""
+take (vec_dot per column at 1; for Q6_K, patch 0004's small-batch kernel from 2 columns and tiled past 16 on AVX-512
+builds, past 32 on AVX2 ones; for
+Q4_K in the file layout, tiled from 8 columns; for Q4_K repacked as llama.cpp loads it, ggml's gemv at 1 column and
+patch 0005's multi-column kernel from 2) against a NumPy reference with gguf's own dequantisation, and each
+small-batch kernel bit for bit against the one-column product it replaces (vec_dot, the repacked gemv)."""
+
+import platform
 
 import numpy as np
 import pytest
@@ -22,14 +26,28 @@ def random_blocks(qtype, rows: int, n: int, rng) -> np.ndarray:
     return raw.reshape(rows, -1)
 
 
-def ggml_mul_mat(qtype, w: np.ndarray, x: np.ndarray, threads: int = 2) -> np.ndarray:
+def ggml_mul_mat(qtype, w: np.ndarray, x: np.ndarray, threads: int = 2, repack: bool = False) -> np.ndarray:
     rows, cols, n = w.shape[0], x.shape[0], x.shape[1]
     w = np.ascontiguousarray(w)
     x = np.ascontiguousarray(x, dtype=np.float32)
     out = np.empty((cols, rows), dtype=np.float32)
     check(lib.sirius_ggml_mul_mat(int(qtype), n, rows, cols, ffi.cast("void *", w.ctypes.data),
-                                  ffi.cast("float *", x.ctypes.data), ffi.cast("float *", out.ctypes.data), threads))
+                                  ffi.cast("float *", x.ctypes.data), ffi.cast("float *", out.ctypes.data), threads,
+                                  int(repack)))
     return out
+
+
+def cpu_has(flag: str) -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return flag in next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+
+
+# llama.cpp repacks Q4_K weights (8 rows interleaved) on x86 CPUs with AVX2, where patch 0005's kernel runs
+needs_q4_k_repack = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not cpu_has("avx2"),
+                                       reason="Q4_K is repacked for the AVX2 kernels on x86 only")
 
 
 def q8_bound(wf: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -57,15 +75,57 @@ def test_matmul_matches_the_numpy_reference(qtype, cols):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_q6_k_small_batch_is_bit_identical_to_vec_dot(threads):
-    """2..16 columns take patch 0004's kernel (tiled would from 8); one column takes ggml's vec_dot. The kernel
-    keeps vec_dot's integer lanes and float order, so each column must come out bit for bit the same."""
+    """2..16 columns (2..32 where tiled is AVX2's, in pieces of 16) take patch 0004's kernel (tiled would from 8);
+    one column takes ggml's vec_dot. The kernel keeps vec_dot's integer lanes and float order, so each column must
+    come out bit for bit the same."""
     rng = np.random.default_rng(7)
     rows, n = 48, 1536
+    most = 16 if cpu_has("avx512f") else 32
     w = random_blocks(QT.Q6_K, rows, n, rng)
-    x = (rng.standard_normal((16, n)) * rng.uniform(0.1, 10, size=(16, 1))).astype(np.float32)
-    single = np.stack([ggml_mul_mat(QT.Q6_K, w, x[c:c + 1], threads)[0] for c in range(16)])
-    for cols in range(2, 17):
+    x = (rng.standard_normal((most, n)) * rng.uniform(0.1, 10, size=(most, 1))).astype(np.float32)
+    single = np.stack([ggml_mul_mat(QT.Q6_K, w, x[c:c + 1], threads)[0] for c in range(most)])
+    for cols in range(2, most + 1):
         np.testing.assert_array_equal(ggml_mul_mat(QT.Q6_K, w, x[:cols], threads), single[:cols])
+
+
+@needs_q4_k_repack
+@pytest.mark.parametrize("cols", [1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 31, 32, 33, 40, 64])
+def test_repacked_q4_k_matches_the_numpy_reference(cols):
+    """Through CPU_REPACK, as llama.cpp loads Q4_K weights: 1 column takes ggml's gemv, 2+ patch 0005's kernel
+    (past 32 columns in several calls)."""
+    rng = np.random.default_rng(100 + cols)
+    rows, n = 40, 768  # 5 groups of 8 interleaved rows; 3 super-blocks per row
+    w = random_blocks(QT.Q4_K, rows, n, rng)
+    wf = dequantize(w, QT.Q4_K).reshape(rows, n).astype(np.float64)
+    x = rng.standard_normal((cols, n)).astype(np.float32)
+    got = ggml_mul_mat(QT.Q4_K, w, x, repack=True)
+    err = np.abs(got - x.astype(np.float64) @ wf.T)
+    assert (err <= q8_bound(wf, x.astype(np.float64))).all(), float(err.max())
+
+
+@needs_q4_k_repack
+@pytest.mark.parametrize("threads", [1, 2])
+def test_repacked_q4_k_batch_is_bit_identical_to_the_one_token_product(threads):
+    """Patch 0005 keeps the gemv's exact integer sums and its float steps per column, so a K-token verify batch
+    gets, column by column, the bits a one-token decode gets (ggml's own gemm, which it replaces, differs from the
+    gemv in the last bits from 4 columns on: GGML_CPU_Q4_K_COLS=0 makes this test fail). A change of one input
+    must change its column's bits, so the equality is not vacuous."""
+    rng = np.random.default_rng(11)
+    rows, n, most = 48, 1536, 40
+    w = random_blocks(QT.Q4_K, rows, n, rng)
+    x = (rng.standard_normal((most, n)) * rng.uniform(0.1, 10, size=(most, 1))).astype(np.float32)
+    single = np.stack([ggml_mul_mat(QT.Q4_K, w, x[c:c + 1], threads, repack=True)[0] for c in range(most)])
+    for cols in [2, 3, 4, 5, 6, 7, 8, 9, 12, 15, 16, 17, 24, 31, 32, 33, 40]:
+        np.testing.assert_array_equal(ggml_mul_mat(QT.Q4_K, w, x[:cols], threads, repack=True), single[:cols])
+    x[1, 5] += np.abs(x[1]).max() / 10  # ~13 steps of its Q8_K quantisation
+    assert not np.array_equal(ggml_mul_mat(QT.Q4_K, w, x[:4], threads, repack=True)[1], single[1])
+
+
+def test_repack_refused_where_llama_cpp_would_not_repack():
+    """Q4_K with a row count that is not a multiple of 8 stays in the file layout: a clear error, not a wrong path."""
+    w = random_blocks(QT.Q4_K, 12, 256, np.random.default_rng(0))
+    with pytest.raises(Exception, match="does not repack"):
+        ggml_mul_mat(QT.Q4_K, w, np.zeros((2, 256), dtype=np.float32), repack=True)
 
 
 def test_bad_arguments_are_errors_not_crashes():
@@ -73,7 +133,7 @@ def test_bad_arguments_are_errors_not_crashes():
     x = np.zeros((1, 256), dtype=np.float32)
     with pytest.raises(Exception, match="multiple of the type's block size"):
         check(lib.sirius_ggml_mul_mat(int(QT.Q6_K), 100, 1, 1, ffi.cast("void *", w.ctypes.data),
-                                      ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1))
+                                      ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1, 0))
     with pytest.raises(Exception, match="unknown ggml type"):
         check(lib.sirius_ggml_mul_mat(9999, 256, 1, 1, ffi.cast("void *", w.ctypes.data),
-                                      ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1))
+                                      ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1, 0))

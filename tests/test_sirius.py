@@ -226,7 +226,7 @@ def test_sampled_generation_end_to_end(llm):
 
 
 def test_cancel_mid_period_leaves_session_consistent(llm):
-    prompt = "Describe a forest."
+    prompt = "A forest is a place where"
     ref = llm.create_completion(prompt, max_tokens=40)["stats"]["token_ids"]
     stream = llm.create_completion(prompt, max_tokens=200, stream=True, mode="sirius", period=16, density=DENSITY,
                                    acceptance="strict")
@@ -242,7 +242,7 @@ def test_cancel_mid_period_leaves_session_consistent(llm):
 
 
 def test_error_in_callback_mid_period_leaves_session_usable(llm):
-    prompt = "Describe a forest."
+    prompt = "A forest is a place where"
     ref = llm.create_completion(prompt, max_tokens=30)["stats"]["token_ids"]
     params = llm._params(len(llm.tokenize(prompt)), max_tokens=100, temperature=0.0, top_k=40, top_p=0.95, min_p=0.05,
                          stop=None, seed=None, mode="sirius", sparsity="griffin", density=DENSITY, period=16,
@@ -310,39 +310,63 @@ def test_bad_correction_parameters(llm, kw, match):
     assert llm.create_completion("Hi", max_tokens=4, mode="sirius")["stats"]["completion_tokens"] >= 1
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("period", [2, 5])
-def test_strict_reproduces_dense_greedy_qwen(period):
-    # Qwen's Q4_K weights are repacked by default, and repacked batches of 4+ tokens round differently from
-    # one-token decoding; with repack=False short verify batches use the same kernels and strict must be
-    # bit-identical. (At K = 16 Qwen's batch still rounds differently somewhere, repack or not: one near-tie,
-    # top-2 margin 0.04, flips in 13 prompts; not yet traced, see NOTES. The test below covers K = 16.)
+def strict_and_dense_qwen(period, **llm_kw):
+    """Strict Sirius and dense greedy on Qwen2.5-Coder-0.5B (Q4_K_M: Q4_K and Q6_K weights) for 13 of the cases:
+    yields (model, kind, prompt, strict run, dense run)."""
     from sirius_local import registry
 
-    with LLM(str(registry.resolve("qwen2.5-coder-0.5b-instruct")), n_ctx=1024, repack=False) as q:
+    with LLM(str(registry.resolve("qwen2.5-coder-0.5b-instruct")), n_ctx=1024, **llm_kw) as q:
         for kind, prompt, stop in CASES[:8] + CASES[11:16]:
             d = run(q, kind, prompt, stop)
             s = run(q, kind, prompt, stop, mode="sirius", period=period, acceptance="strict", density=0.5)
-            assert s[2]["token_ids"] == d[2]["token_ids"], prompt
+            yield q, kind, prompt, s, d
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("period", [2, 5])
+def test_strict_reproduces_dense_greedy_qwen(period):
+    # With repack=False short verify batches use the same kernels as one-token decoding and strict must be
+    # bit-identical. (At K = 16 Qwen's batch still rounds differently somewhere without repacking: one near-tie,
+    # top-2 margin 0.04, flips in 13 prompts; with repacking on AVX2, the test below covers K = 16.)
+    for _q, _kind, prompt, s, d in strict_and_dense_qwen(period, repack=False):
+        assert s[2]["token_ids"] == d[2]["token_ids"], prompt
+
+
+def _avx2_x86() -> bool:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return platform.machine() in ("x86_64", "AMD64") and "avx2" in flags and "avx512f" not in flags
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _avx2_x86(), reason="patches 0004/0005 make every verify matmul round like decoding on AVX2")
+@pytest.mark.parametrize("period", [5, 16])
+def test_strict_with_repacking_reproduces_dense_greedy_qwen(period):
+    # On AVX2 (no AVX-512) the repacked Q4_K batches (patch 0005) and the Q6_K batches up to 32 tokens (patch
+    # 0004) are bit-identical per token to one-token decoding, so strict is exact with llama.cpp's default
+    # repacking too (with GGML_CPU_Q4_K_COLS=0, ggml's own gemm, "Write a haiku" differs at both periods).
+    for _q, _kind, prompt, s, d in strict_and_dense_qwen(period):
+        assert s[2]["token_ids"] == d[2]["token_ids"], prompt
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("period", [5, 16])
 def test_strict_with_repacking_differs_only_at_near_ties(period):
-    from sirius_local import registry
-
-    with LLM(str(registry.resolve("qwen2.5-coder-0.5b-instruct")), n_ctx=1024) as q:
-        for kind, prompt, stop in CASES[:8] + CASES[11:16]:
-            d = run(q, kind, prompt, stop)
-            s = run(q, kind, prompt, stop, mode="sirius", period=period, acceptance="strict", density=0.5)
-            a, b = s[2]["token_ids"], d[2]["token_ids"]
-            i = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), None)
-            if i is None:
-                assert a == b or (len(a) != len(b) and s[1] != d[1]), prompt
-                continue
-            # The first difference must be a near-tie of the dense model's own logits at that position.
-            q.reset()
-            logits = q.eval(q.tokenize(prompt if kind != "chat" else q.apply_chat_template(
-                [{"role": "user", "content": prompt}]), add_bos=kind != "chat", special=True) + b[:i], logits_all=False)[0]
-            top = np.sort(logits)[::-1]
-            assert top[0] - top[1] < 0.2, (prompt, i, top[0] - top[1])
+    # Where a batch may still round differently from decoding (AVX-512 builds, other CPUs' repacked kernels)
+    for q, kind, prompt, s, d in strict_and_dense_qwen(period):
+        a, b = s[2]["token_ids"], d[2]["token_ids"]
+        i = next((j for j in range(min(len(a), len(b))) if a[j] != b[j]), None)
+        if i is None:
+            assert a == b or (len(a) != len(b) and s[1] != d[1]), prompt
+            continue
+        # The first difference must be a near-tie of the dense model's own logits at that position.
+        q.reset()
+        logits = q.eval(q.tokenize(prompt if kind != "chat" else q.apply_chat_template(
+            [{"role": "user", "content": prompt}]), add_bos=kind != "chat", special=True) + b[:i], logits_all=False)[0]
+        top = np.sort(logits)[::-1]
+        assert top[0] - top[1] < 0.2, (prompt, i, top[0] - top[1])

@@ -33,14 +33,16 @@ def test_topk_density_one_equals_dense(llm):
     nxt = llm.tokenize(" landed", add_bos=False)[0]
     ours, info = decode_sparse(llm, toks, nxt, 1.0)
     llm.reset()
-    dense = llm.eval(toks + [nxt], logits_all=False)[0]
+    llm.eval(toks, logits_all=False)
+    dense = llm.eval([nxt])[0]  # one-token decode, like the sparse step: batched kernels round differently
     assert info["sparse_layers"] == N_LAYER and info["group_size"] == G and info["density_actual"] == 1.0
     # All 48 blocks through mul_mat_id and a sum over them: the same products as the dense matmul, summed in
     # another order. Float rounding only, but 30 layers of this small model amplify it (measured: max 0.42,
-    # mean 0.05; two stock llama.cpp matmul paths differ by up to 1.3, see NOTES); half density moves the
-    # logits ten times more.
+    # mean 0.05 on an AVX-512 Xeon; max 0.60, mean 0.25 on an AVX2 EPYC, whose Q4_1 vec_dot accumulates the
+    # dense row in another order; mean |logit| 5.5; two stock llama.cpp matmul paths differ by up to 1.3, see
+    # NOTES); density 0.9 moves the logits ten times more, 0.5 sixteen times.
     d = np.abs(ours - dense)
-    assert d.mean() < 0.1 and d.max() < 1.0, (d.mean(), d.max())
+    assert d.mean() < 0.4 and d.max() < 1.5, (d.mean(), d.max())
     assert ours.argmax() == dense.argmax()
     half, _ = decode_sparse(llm, toks, nxt, 0.5)
     assert np.abs(half - dense).mean() > 5 * d.mean()
