@@ -23,3 +23,11 @@ def llm(model_path):
 
     with LLM(model_path, n_ctx=1024, seed=0) as m:
         yield m
+
+
+@pytest.fixture()
+def linked_model(model_path, tmp_path):
+    """The test model seen through a symlink in a fresh directory, so its sidecar lands there."""
+    link = tmp_path / "model.gguf"
+    os.symlink(model_path, link)
+    return str(link)

@@ -335,12 +335,9 @@ def test_strict_reproduces_dense_greedy_qwen(period):
 def _avx2_x86() -> bool:
     import platform
 
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return platform.machine() in ("x86_64", "AMD64") and "avx2" in flags and "avx512f" not in flags
+    from test_kernels import cpu_has
+
+    return platform.machine() in ("x86_64", "AMD64") and cpu_has("avx2") and not cpu_has("avx512f")
 
 
 @pytest.mark.slow

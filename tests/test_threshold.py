@@ -28,14 +28,6 @@ def calibrated(llm):
     return llm.calibrate([0.3, 0.5, 0.7], save=False)
 
 
-@pytest.fixture()
-def linked_model(model_path, tmp_path):
-    """The test model seen through a symlink in a fresh directory, so its sidecar lands there."""
-    link = tmp_path / "model.gguf"
-    os.symlink(model_path, link)
-    return str(link)
-
-
 def test_calibration_hits_the_density_on_held_out_text(calibrated):
     assert calibrated["calibration_tokens"] > 1000
     for key, r in calibrated["densities"].items():

@@ -2,8 +2,6 @@
 token for token, the relaxed rule must hold on the winning beam, and the cache must hold exactly dense KV, in
 position order, after every period."""
 
-import os
-
 import pytest
 
 from sirius_local import LLM, InvalidParameterError, calibration_text
@@ -55,7 +53,7 @@ def test_strict_wide_tree_reproduces_dense_greedy_all_cases(llm, dense, width, p
 
 
 @pytest.mark.parametrize("sparsity", ["topk", "threshold"])
-def test_strict_tree_with_per_token_sparsity(llm, dense, sparsity, model_path, tmp_path):
+def test_strict_tree_with_per_token_sparsity(llm, dense, sparsity, linked_model):
     def check(m):
         for kind, prompt, stop in CASES[:3] + CASES[11:13]:
             _t, _f, st = run(m, kind, prompt, stop, mode="sirius", period=5, acceptance="strict", density=0.5,
@@ -67,9 +65,7 @@ def test_strict_tree_with_per_token_sparsity(llm, dense, sparsity, model_path, t
         return
     # threshold needs a calibration: made here for the same file seen through a symlink (its sidecar lands in
     # tmp_path), so the test depends on no calibration left in the user's cache by another run
-    link = tmp_path / "model.gguf"
-    os.symlink(model_path, link)
-    with LLM(str(link), n_ctx=1024, seed=0) as m:
+    with LLM(linked_model, n_ctx=1024, seed=0) as m:
         m.calibrate([0.5], passages=calibration_text.CALIBRATION[:2], held_out=[])
         check(m)
 
