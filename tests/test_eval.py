@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -94,11 +95,18 @@ def test_resume_gives_the_same_summary(model_path, tmp_path):
         f.write('{"id": "gsm-1-1", "mo')  # a line cut by an interruption
     with pytest.raises(Exception, match="--resume"):
         runner.run(model_path, "gsm", limit=2, out=part, **kw)
+    cfg = json.loads((part / "config.json").read_text())
+    # the same GGUF file elsewhere (another cache directory, or the "name (file)" label of earlier versions) resumes
+    cfg["model"] = f"smollm2 ({Path(cfg['model']).name})"
+    (part / "config.json").write_text(json.dumps(cfg))
     resumed = runner.run(model_path, "gsm", limit=2, out=part, resume=True, **kw)
     assert _comparable(resumed) == _comparable(whole)
     assert resumed["modes"][0]["n"] == 2
     with pytest.raises(Exception, match="other settings"):
         runner.run(model_path, "gsm", limit=2, out=part, resume=True, **{**kw, "density": 0.5})
+    (part / "config.json").write_text(json.dumps({**cfg, "model": "/elsewhere/another-model-q4_k_m.gguf"}))
+    with pytest.raises(Exception, match="other settings.*model="):
+        runner.run(model_path, "gsm", limit=2, out=part, resume=True, **kw)
 
 
 def test_a_prompt_run_again_equals_a_fresh_run(model_path):

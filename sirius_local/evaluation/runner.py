@@ -5,6 +5,7 @@ already holds."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,13 @@ def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:
     return row
 
 
+def _model_file(label) -> str:
+    """The GGUF file a config's model names, a path (now) or "name (file.gguf)" (earlier versions): a run resumes
+    from another cache directory or machine, and from files written before the label changed."""
+    m = re.fullmatch(r".*\((.+\.gguf)\)", str(label or ""))
+    return Path(m.group(1) if m else str(label or "")).name
+
+
 def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, period=16, threshold=0.1, width=1,
         limit=None, seed=0, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
         progress=True, log=lambda m: print(m, file=sys.stderr)) -> dict:
@@ -57,7 +65,8 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
             raise InvalidParameterError(f"eval: {out} already has results: pass --resume to continue that run, "
                                         f"or choose another --out")
         old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        diff = [k for k in cfg if k not in ("limit", "modes") and old.get(k) != cfg[k]]
+        diff = [k for k in cfg if k not in ("limit", "modes") and
+                (_model_file(old.get(k)) != _model_file(cfg[k]) if k == "model" else old.get(k) != cfg[k])]
         if diff:
             raise InvalidParameterError(f"eval --resume: {out} was made with other settings "
                                         f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same ones or "
