@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import registry
-from .errors import SiriusError
+from .errors import InvalidParameterError, SiriusError
 
 
 def _model_args(p: argparse.ArgumentParser, optional: bool) -> None:
@@ -152,12 +153,27 @@ def cmd_models(a) -> int:
     return 2
 
 
+def _ids(spec: str | None) -> list[str] | None:
+    """--ids: a comma list, or @FILE with one id per line."""
+    if not spec:
+        return None
+    if spec.startswith("@"):
+        try:
+            spec = Path(spec[1:]).read_text().replace("\n", ",")
+        except OSError as e:
+            raise InvalidParameterError(f"eval --ids: cannot read {spec[1:]!r}: {e.strerror}") from None
+    ids = [s.strip() for s in spec.split(",") if s.strip()]
+    if not ids:
+        raise InvalidParameterError("eval --ids: no ids given")
+    return ids
+
+
 def cmd_eval(a) -> int:
     from .evaluation import report, runner
 
     summary = runner.run(a.model, a.task, modes=[m.strip() for m in a.modes.split(",") if m.strip()],
                          sparsity=a.sparsity, density=a.density, period=a.period, threshold=a.threshold,
-                         width=a.width, limit=a.limit, seed=a.seed, out=a.out, resume=a.resume,
+                         width=a.width, limit=a.limit, seed=a.seed, ids=_ids(a.ids), out=a.out, resume=a.resume,
                          max_tokens=a.max_tokens, n_ctx=a.n_ctx, threads=a.threads, progress=not a.no_progress)
     print(report.markdown(summary), end="")
     return 0
@@ -206,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="first N problems (gsm: N generated; default 200 for gsm, all otherwise)")
     p.add_argument("--seed", type=int, default=0, help="which problems: generator / sampling seed")
+    p.add_argument("--ids", default=None, help="only these problems of the pool: ID,ID,... or @FILE (one per line)")
     p.add_argument("--max-tokens", type=int, default=None, help="per answer (default: the task's, 256 or 384)")
     p.add_argument("--out", required=True, help="directory for results.jsonl, summary.json/.md and plots")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")

@@ -109,6 +109,21 @@ def test_resume_gives_the_same_summary(model_path, tmp_path):
         runner.run(model_path, "gsm", limit=2, out=part, resume=True, **kw)
 
 
+def test_ids_choose_problems_from_the_pool(model_path, tmp_path):
+    from sirius_local.cli import _ids
+
+    (tmp_path / "ids.txt").write_text("gsm-1-2\n\ngsm-1-0\n")
+    assert _ids("@" + str(tmp_path / "ids.txt")) == ["gsm-1-2", "gsm-1-0"] and _ids(" a, b,") == ["a", "b"]
+    with pytest.raises(Exception, match="cannot read"):
+        _ids("@" + str(tmp_path / "missing.txt"))
+    kw = dict(modes=["dense"], seed=1, max_tokens=8, n_ctx=2048, threads=2, progress=False)
+    with pytest.raises(Exception, match="gsm-1-7 not among the 3 gsm problems.*raise --limit"):
+        runner.run(model_path, "gsm", limit=3, ids=["gsm-1-2", "gsm-1-7"], out=tmp_path / "bad", **kw)
+    s = runner.run(model_path, "gsm", limit=3, ids=["gsm-1-2", "gsm-1-0"], out=tmp_path / "two", **kw)
+    rows = report.read_results(tmp_path / "two" / "results.jsonl")
+    assert s["modes"][0]["n"] == 2 and [r["id"] for r in rows] == ["gsm-1-0", "gsm-1-2"]
+
+
 def test_a_prompt_run_again_equals_a_fresh_run(model_path):
     """The eval runs every mode on one prefill: a re-run of the same prompt evaluates nothing and starts from the
     prefill's own logits, so each mode's tokens equal those of a fresh session (re-evaluating the last token alone

@@ -41,7 +41,7 @@ def _model_file(label) -> str:
 
 
 def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, period=16, threshold=0.1, width=1,
-        limit=None, seed=0, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
+        limit=None, seed=0, ids=None, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
         progress=True, log=lambda m: print(m, file=sys.stderr)) -> dict:
     from ..llm import LLM
     from ..registry import resolve
@@ -57,21 +57,29 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     cfg = dict(task=task, modes=modes, sparsity=sparsity, density=density, period=period, threshold=threshold,
-                  width=width, limit=limit, seed=seed, max_tokens=max_tokens or t.max_tokens,
-                  model=str(resolve(model)))
+                  width=width, limit=limit, seed=seed, ids=sorted(set(ids)) if ids else None,
+                  max_tokens=max_tokens or t.max_tokens, model=str(resolve(model)))
     cfg_path = out / "config.json"
     if results.is_file() and results.stat().st_size > 0:
         if not resume:
             raise InvalidParameterError(f"eval: {out} already has results: pass --resume to continue that run, "
                                         f"or choose another --out")
         old = json.loads(cfg_path.read_text()) if cfg_path.is_file() else {}
-        diff = [k for k in cfg if k not in ("limit", "modes") and
+        diff = [k for k in cfg if k not in ("limit", "modes", "ids") and
                 (_model_file(old.get(k)) != _model_file(cfg[k]) if k == "model" else old.get(k) != cfg[k])]
         if diff:
             raise InvalidParameterError(f"eval --resume: {out} was made with other settings "
                                         f"({', '.join(f'{k}={old.get(k)!r}' for k in diff)}); use the same ones or "
                                         f"another --out")
     examples = t.load(limit, seed)
+    if ids:  # a chosen subset of the pool (re-running failures, a sweep on the problems where modes differ)
+        pool, wanted = {e.id for e in examples}, set(ids)
+        unknown = sorted(wanted - pool)
+        if unknown:
+            raise InvalidParameterError(f"eval --ids: {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} "
+                                        f"not among the {len(pool)} {task} problems loaded (ids look like "
+                                        f"{examples[0].id!r}; for gsm raise --limit to reach higher indices)")
+        examples = [e for e in examples if e.id in wanted]
     with LLM(cfg["model"], n_ctx=n_ctx, n_threads=threads) as llm:
         cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
         done = {(r["id"], r["mode"]) for r in report.read_results(results)}
