@@ -1,6 +1,6 @@
-// Runs one ggml-cpu matrix product on caller data, so tests can hold each of ggml's CPU paths for a weight type
-// (vec_dot per column, the patched small-batch kernels, tiled, the repacked layouts) against a NumPy reference and each
-// other. Not used by generation.
+// Runs one ggml-cpu matrix product or flash attention on caller data, so tests can hold each of ggml's CPU paths
+// (vec_dot per column, the patched small-batch kernels, tiled, the repacked layouts; attention's one-token split-KV
+// path and patch 0006's verify rows) against a NumPy reference and each other. Not used by generation.
 
 #include "sirius.h"
 #include "internal.h"
@@ -93,6 +93,39 @@ extern "C" int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, in
     if (st == GGML_STATUS_SUCCESS) {
         for (int32_t c = 0; c < cols; ++c) memcpy(out + (size_t) c * rows, (const char *) y->data + c * y->nb[1], sizeof(float) * rows);
     }
+    ggml_free(ctx);
+    return st == GGML_STATUS_SUCCESS ? SIRIUS_OK : sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
+}
+
+extern "C" int32_t sirius_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, int32_t n_head, int32_t n_head_kv,
+                                          int32_t n_kv, const float * q, const float * k, const float * v,
+                                          const float * mask, float scale, float * out, int32_t n_threads) {
+    if (dk <= 0 || dv <= 0 || n_q <= 0 || n_kv <= 0 || n_head_kv <= 0 || n_head <= 0 || n_head % n_head_kv != 0 ||
+        !q || !k || !v || !mask || !out || n_threads < 1) {
+        return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "ggml_flash_attn check: sizes and threads must be positive, "
+                                                         "n_head a multiple of n_head_kv, buffers set");
+    }
+    const size_t nq = (size_t) dk * n_q * n_head, nk = (size_t) dk * n_kv * n_head_kv, nv = (size_t) dv * n_kv * n_head_kv;
+    const size_t nm = (size_t) n_kv * n_q, no = (size_t) dv * n_head * n_q;
+    ggml_init_params ip{};
+    ip.mem_size = sizeof(float) * (nq + no) + sizeof(ggml_fp16_t) * (nk + nv + nm) + ggml_graph_overhead() +
+                  8 * ggml_tensor_overhead() + (64 << 20);  // + ggml's work buffer (per-thread tiles, split-KV partials)
+    ggml_context * ctx = ggml_init(ip);
+    if (!ctx) return sirius::fail(SIRIUS_ERR_INTERNAL, "ggml_init failed");
+    ggml_tensor * tq = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, dk, n_q, n_head);
+    ggml_tensor * tk = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, dk, n_kv, n_head_kv);
+    ggml_tensor * tv = ggml_new_tensor_3d(ctx, GGML_TYPE_F16, dv, n_kv, n_head_kv);
+    ggml_tensor * tm = ggml_new_tensor_2d(ctx, GGML_TYPE_F16, n_kv, n_q);
+    memcpy(tq->data, q, sizeof(float) * nq);
+    ggml_fp32_to_fp16_row(k, (ggml_fp16_t *) tk->data, (int64_t) nk);
+    ggml_fp32_to_fp16_row(v, (ggml_fp16_t *) tv->data, (int64_t) nv);
+    ggml_fp32_to_fp16_row(mask, (ggml_fp16_t *) tm->data, (int64_t) nm);
+    ggml_tensor * y = ggml_flash_attn_ext(ctx, tq, tk, tv, tm, scale, 0.0f, 0.0f);  // [dv, n_head, n_q]
+    ggml_prec_set_acc(y, GGML_PREC_F32);  // as llama.cpp's build_attn_mha sets it
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, y);
+    const ggml_status st = ggml_graph_compute_with_ctx(ctx, gf, n_threads);
+    if (st == GGML_STATUS_SUCCESS) memcpy(out, y->data, sizeof(float) * no);
     ggml_free(ctx);
     return st == GGML_STATUS_SUCCESS ? SIRIUS_OK : sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
 }

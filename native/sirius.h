@@ -281,6 +281,14 @@ SIRIUS_API int32_t sirius_speculative_sample(const float * p, const float * q, i
 SIRIUS_API int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
                                        const float * x, float * out, int32_t n_threads, int32_t repack);
 
+/* One ggml-cpu flash attention (ggml_flash_attn_ext, as llama.cpp's attention runs with flash_attn on) on caller
+ * data, so tests can hold a verify batch's rows against one-token decodes: q is n_head x n_q x dk, k is
+ * n_head_kv x n_kv x dk and v n_head_kv x n_kv x dv (floats, stored as F16 like llama.cpp's KV cache), mask n_q x n_kv
+ * (0 or -INFINITY), out n_q x n_head x dv, computed with n_threads threads. */
+SIRIUS_API int32_t sirius_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, int32_t n_head, int32_t n_head_kv,
+                                          int32_t n_kv, const float * q, const float * k, const float * v,
+                                          const float * mask, float scale, float * out, int32_t n_threads);
+
 /* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
  * The prompt replaces whatever followed that prefix. */
 SIRIUS_API int32_t sirius_generate(sirius_session * session, const int32_t * prompt, int32_t n_prompt,
