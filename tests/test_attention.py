@@ -41,7 +41,7 @@ def reference(q, k, v, mask) -> np.ndarray:
 
 def causal_case(p0: int, n: int, extra: int, seed: int):
     """A verify batch of n tokens at positions p0..p0+n-1 over a cache padded as llama.cpp pads it (plus `extra`
-    masked cells), and for each row the cache and mask its one-token decode sees."""
+    masked cells): q, k, v and the causal mask."""
     rng = np.random.default_rng(seed)
     n_kv = max(PAD, -(-(p0 + n) // PAD) * PAD) + extra
     q = rng.standard_normal((H, n, DK), dtype=np.float32)
