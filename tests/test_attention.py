@@ -18,6 +18,11 @@ DK, H, HKV = 128, 12, 2
 PAD = 256  # llama.cpp pads n_kv to a multiple of 256 (llama_kv_cache::get_n_kv)
 
 
+def padded_n_kv(cells: int) -> int:
+    """The n_kv llama.cpp gives a graph whose cache holds `cells` cells."""
+    return max(PAD, -(-cells // PAD) * PAD)
+
+
 def ggml_flash_attn(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray, threads: int) -> np.ndarray:
     """q [H, n_q, DK], k/v [HKV, n_kv, DK], mask [n_q, n_kv] -> out [n_q, H, DK]."""
     q, k, v, mask = (np.ascontiguousarray(a, dtype=np.float32) for a in (q, k, v, mask))
@@ -43,7 +48,7 @@ def causal_case(p0: int, n: int, extra: int, seed: int):
     """A verify batch of n tokens at positions p0..p0+n-1 over a cache padded as llama.cpp pads it (plus `extra`
     masked cells): q, k, v and the causal mask."""
     rng = np.random.default_rng(seed)
-    n_kv = max(PAD, -(-(p0 + n) // PAD) * PAD) + extra
+    n_kv = padded_n_kv(p0 + n) + extra
     q = rng.standard_normal((H, n, DK), dtype=np.float32)
     k = rng.standard_normal((HKV, n_kv, DK), dtype=np.float32)
     v = rng.standard_normal((HKV, n_kv, DK), dtype=np.float32)
@@ -57,7 +62,7 @@ def rows_match_decoding(p0: int, n: int, extra: int, threads: int, seed: int = 0
     batch = ggml_flash_attn(q, k, v, mask, threads)
     same = True
     for i in range(n):
-        n_kv = max(PAD, -(-(p0 + i + 1) // PAD) * PAD)  # what the decode of this row had
+        n_kv = padded_n_kv(p0 + i + 1)  # what the decode of this row had
         one = ggml_flash_attn(q[:, i:i + 1], k[:, :n_kv], v[:, :n_kv], mask[i:i + 1, :n_kv], threads)
         same &= np.array_equal(batch[i], one[0])
     return same, batch, (q, k, v, mask)
