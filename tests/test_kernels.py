@@ -2,8 +2,9 @@
 take (vec_dot per column at 1; for Q6_K, patch 0004's small-batch kernel from 2 columns and tiled past 16 on AVX-512
 builds, past 32 on AVX2 ones; for
 Q4_K in the file layout, tiled from 8 columns; for Q4_K repacked as llama.cpp loads it, ggml's gemv at 1 column and
-patch 0005's multi-column kernel from 2) against a NumPy reference with gguf's own dequantisation, and each
-small-batch kernel bit for bit against the one-column product it replaces (vec_dot, the repacked gemv)."""
+patch 0005's multi-column kernel from 2; for Q4_1, patch 0007's kernel from 2 columns) against a NumPy reference with
+gguf's own dequantisation, and each small-batch kernel bit for bit against the one-column product it replaces
+(vec_dot, the repacked gemv)."""
 
 import platform
 
@@ -14,13 +15,14 @@ from gguf.quants import dequantize
 
 from sirius_local._native import ffi, lib, check
 
-BLOCK = {QT.Q6_K: (210, [208]), QT.Q4_K: (144, [0, 2])}  # bytes per 256 weights, offsets of the fp16 scales
+# weights and bytes per block, offsets of the block's fp16 scales (Q4_1: the scale d and the minimum m)
+BLOCK = {QT.Q6_K: (256, 210, [208]), QT.Q4_K: (256, 144, [0, 2]), QT.Q4_1: (32, 20, [0, 2])}
 
 
 def random_blocks(qtype, rows: int, n: int, rng) -> np.ndarray:
-    """Random bytes are valid K-quant blocks once the fp16 super-block scales are finite and modest."""
-    size, f16 = BLOCK[qtype]
-    raw = rng.integers(0, 256, size=(rows * n // 256, size), dtype=np.uint8)
+    """Random bytes are valid blocks once the fp16 scales are finite and modest."""
+    weights, size, f16 = BLOCK[qtype]
+    raw = rng.integers(0, 256, size=(rows * n // weights, size), dtype=np.uint8)
     for off in f16:
         raw[:, off:off + 2] = rng.uniform(-0.02, 0.02, size=len(raw)).astype(np.float16).view(np.uint8).reshape(-1, 2)
     return raw.reshape(rows, -1)
@@ -45,21 +47,25 @@ def cpu_has(flag: str) -> bool:
         return False
 
 
+needs_avx2 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not cpu_has("avx2"),
+                                reason="the small-batch kernels of patches 0004 and 0007 are AVX2 code")
+
 # llama.cpp repacks Q4_K weights (8 rows interleaved) on x86 CPUs with AVX2, where patch 0005's kernel runs
 needs_q4_k_repack = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not cpu_has("avx2"),
                                        reason="Q4_K is repacked for the AVX2 kernels on x86 only")
 
 
-def q8_bound(wf: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """ggml quantises each column to Q8_K (256-wide blocks, step max|x|/127): |x - x_q| <= step/2 elementwise, so
-    the product may differ from the float one by at most sum over blocks of step/2 * sum |w|, plus float rounding."""
+def q8_bound(wf: np.ndarray, x: np.ndarray, block: int = 256) -> np.ndarray:
+    """ggml quantises each column to Q8_K (256-wide blocks; Q8_1 for Q4_1: 32-wide), step max|x|/127:
+    |x - x_q| <= step/2 elementwise, so the product may differ from the float one by at most sum over blocks of
+    step/2 * sum |w|, plus float rounding."""
     n = x.shape[1]
-    step = np.abs(x.reshape(len(x), n // 256, 256)).max(axis=2) / 127.0            # [cols, blocks]
-    wabs = np.abs(wf).reshape(len(wf), n // 256, 256).sum(axis=2)                  # [rows, blocks]
+    step = np.abs(x.reshape(len(x), n // block, block)).max(axis=2) / 127.0        # [cols, blocks]
+    wabs = np.abs(wf).reshape(len(wf), n // block, block).sum(axis=2)              # [rows, blocks]
     return (step[:, None, :] / 2 * wabs[None, :, :]).sum(axis=2) * 1.001 + 1e-4 * (np.abs(x) @ np.abs(wf).T)
 
 
-@pytest.mark.parametrize("qtype", [QT.Q6_K, QT.Q4_K])
+@pytest.mark.parametrize("qtype", [QT.Q6_K, QT.Q4_K, QT.Q4_1])
 @pytest.mark.parametrize("cols", [1, 2, 3, 4, 5, 7, 8, 12, 16, 17, 24, 32])
 def test_matmul_matches_the_numpy_reference(qtype, cols):
     rng = np.random.default_rng(cols)
@@ -70,7 +76,8 @@ def test_matmul_matches_the_numpy_reference(qtype, cols):
     got = ggml_mul_mat(qtype, w, x)
     ref = x.astype(np.float64) @ wf.T
     err = np.abs(got - ref)
-    assert (err <= q8_bound(wf, x.astype(np.float64))).all(), float(err.max())
+    # the activations are quantised in blocks as wide as the weights' (Q8_K for K-quants, Q8_1 for Q4_1)
+    assert (err <= q8_bound(wf, x.astype(np.float64), block=BLOCK[qtype][0])).all(), float(err.max())
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -86,6 +93,25 @@ def test_q6_k_small_batch_is_bit_identical_to_vec_dot(threads):
     single = np.stack([ggml_mul_mat(QT.Q6_K, w, x[c:c + 1], threads)[0] for c in range(most)])
     for cols in range(2, most + 1):
         np.testing.assert_array_equal(ggml_mul_mat(QT.Q6_K, w, x[:cols], threads), single[:cols])
+
+
+@needs_avx2
+@pytest.mark.parametrize("threads", [1, 2])
+def test_q4_1_small_batch_is_bit_identical_to_vec_dot(threads):
+    """Patch 0007: 2+ Q4_1 columns (pieces of 16; the rest of 1-3 interleaved) keep vec_dot's integer sums and
+    float steps per column, so every column is bit for bit the one-column product, at row lengths of one run of
+    unpacked blocks and of more (64 blocks a run), and row counts off the 16-row groups. Changing one input must
+    change its column, so the equality is not vacuous."""
+    rng = np.random.default_rng(5)
+    most = 40
+    for rows, n in [(48, 576), (37, 2560 + 64)]:
+        w = random_blocks(QT.Q4_1, rows, n, rng)
+        x = (rng.standard_normal((most, n)) * rng.uniform(0.1, 10, size=(most, 1))).astype(np.float32)
+        single = np.stack([ggml_mul_mat(QT.Q4_1, w, x[c:c + 1], threads)[0] for c in range(most)])
+        for cols in [2, 3, 4, 5, 6, 7, 8, 9, 15, 16, 17, 19, 32, 33, 40]:
+            np.testing.assert_array_equal(ggml_mul_mat(QT.Q4_1, w, x[:cols], threads), single[:cols])
+    x[2, 7] += np.abs(x[2]).max() / 10
+    assert not np.array_equal(ggml_mul_mat(QT.Q4_1, w, x[:5], threads)[2], single[2])
 
 
 @needs_q4_k_repack
