@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("model")
     ap.add_argument("--env", required=True, help="the switch: set to --on and 0 (off) in alternate processes")
     ap.add_argument("--on", default="1", help="the switch's value for 'on' (default 1)")
+    ap.add_argument("--off", default="0", help="its value for 'off' (default 0; e.g. two SIRIUS_LOCAL_LIB_DIR builds)")
     ap.add_argument("--ks", default="1,2,4,8,12,16,24,32", help="batch sizes (1 is the decode step r divides by)")
     ap.add_argument("--depth", type=int, default=32, help="KV cells before the batch (512+: attention's split path)")
     ap.add_argument("--prefill", type=int, default=0, help="also time a prefill of this many tokens (median of 3)")
@@ -65,12 +66,12 @@ def main() -> None:
             out = subprocess.run([sys.executable, __file__, a.model, "--env", a.env, "--ks", ",".join(map(str, ks)),
                                   "--depth", str(a.depth), "--prefill", str(a.prefill), "--threads", str(a.threads),
                                   "--reps", str(a.reps), "--child"],
-                                 env=dict(os.environ, **{a.env: a.on if setting == "1" else "0"}), capture_output=True, text=True)
+                                 env=dict(os.environ, **{a.env: a.on if setting == "1" else a.off}), capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"the measuring process ({a.env}={setting}) failed:\n{out.stderr}")
             runs[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {s: {k: statistics.median(r["verify_ms"][str(k)] for r in runs[s]) for k in ks} for s in runs}
-    print(f"{a.model}, {a.env}={a.on} (on) / 0 (off), {a.threads} threads, depth {a.depth}, medians of {a.rounds} processes x {a.reps}")
+    print(f"{a.model}, {a.env}={a.on} (on) / {a.off} (off), {a.threads} threads, depth {a.depth}, medians of {a.rounds} processes x {a.reps}")
     print("| K | " + " | ".join(map(str, ks)) + " |")
     print("|---" * (len(ks) + 1) + "|")
     for s, name in (("1", "on"), ("0", "off")):
@@ -84,7 +85,7 @@ def main() -> None:
               f"({pre['0'] / pre['1']:.2f}x)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "env": a.env, "on": a.on, "threads": a.threads, "depth": a.depth, "ks": ks,
+            json.dump({"model": a.model, "env": a.env, "on": a.on, "off": a.off, "threads": a.threads, "depth": a.depth, "ks": ks,
                        "prefill": a.prefill, "runs": runs}, f, indent=1)
 
 
