@@ -61,17 +61,17 @@ def main() -> None:
         print(json.dumps(measure(a.model, ks, a.depth, a.prefill, a.threads, a.reps)))
         return
     runs = {"1": [], "0": []}
+    child = [sys.executable, __file__, a.model, "--env", a.env, "--ks", ",".join(map(str, ks)), "--depth", str(a.depth),
+             "--prefill", str(a.prefill), "--threads", str(a.threads), "--reps", str(a.reps), "--child"]
     for _ in range(a.rounds):
-        for setting in ("1", "0"):
-            out = subprocess.run([sys.executable, __file__, a.model, "--env", a.env, "--ks", ",".join(map(str, ks)),
-                                  "--depth", str(a.depth), "--prefill", str(a.prefill), "--threads", str(a.threads),
-                                  "--reps", str(a.reps), "--child"],
-                                 env=dict(os.environ, **{a.env: a.on if setting == "1" else a.off}), capture_output=True, text=True)
+        for setting, value in (("1", a.on), ("0", a.off)):
+            out = subprocess.run(child, env=dict(os.environ, **{a.env: value}), capture_output=True, text=True)
             if out.returncode != 0:
-                raise SystemExit(f"the measuring process ({a.env}={setting}) failed:\n{out.stderr}")
+                raise SystemExit(f"the measuring process ({a.env}={value}) failed:\n{out.stderr}")
             runs[setting].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {s: {k: statistics.median(r["verify_ms"][str(k)] for r in runs[s]) for k in ks} for s in runs}
-    print(f"{a.model}, {a.env}={a.on} (on) / {a.off} (off), {a.threads} threads, depth {a.depth}, medians of {a.rounds} processes x {a.reps}")
+    print(f"{a.model}, {a.env}={a.on} (on) / {a.off} (off), {a.threads} threads, depth {a.depth}, "
+          f"medians of {a.rounds} processes x {a.reps}")
     print("| K | " + " | ".join(map(str, ks)) + " |")
     print("|---" * (len(ks) + 1) + "|")
     for s, name in (("1", "on"), ("0", "off")):
@@ -81,12 +81,12 @@ def main() -> None:
     print("| on / off | " + " | ".join(f"{med['1'][k] / med['0'][k]:.2f}" for k in ks) + " |")
     if a.prefill:
         pre = {s: statistics.median(r["prefill_s"] for r in runs[s]) for s in runs}
-        print(f"prefill of {a.prefill} tokens: on {a.prefill / pre['1']:.1f} tok/s, off {a.prefill / pre['0']:.1f} tok/s "
-              f"({pre['0'] / pre['1']:.2f}x)")
+        print(f"prefill of {a.prefill} tokens: on {a.prefill / pre['1']:.1f} tok/s, "
+              f"off {a.prefill / pre['0']:.1f} tok/s ({pre['0'] / pre['1']:.2f}x)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"model": a.model, "env": a.env, "on": a.on, "off": a.off, "threads": a.threads, "depth": a.depth, "ks": ks,
-                       "prefill": a.prefill, "runs": runs}, f, indent=1)
+            json.dump({"model": a.model, "env": a.env, "on": a.on, "off": a.off, "threads": a.threads,
+                       "depth": a.depth, "ks": ks, "prefill": a.prefill, "runs": runs}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -47,12 +47,11 @@ def cpu_has(flag: str) -> bool:
         return False
 
 
-needs_avx2 = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not cpu_has("avx2"),
-                                reason="the small-batch kernels of patches 0004 and 0007 are AVX2 code")
+X86_AVX2 = platform.machine() in ("x86_64", "AMD64") and cpu_has("avx2")
+needs_avx2 = pytest.mark.skipif(not X86_AVX2, reason="the small-batch kernels of patches 0004 and 0007 are AVX2 code")
 
 # llama.cpp repacks Q4_K weights (8 rows interleaved) on x86 CPUs with AVX2, where patch 0005's kernel runs
-needs_q4_k_repack = pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not cpu_has("avx2"),
-                                       reason="Q4_K is repacked for the AVX2 kernels on x86 only")
+needs_q4_k_repack = pytest.mark.skipif(not X86_AVX2, reason="Q4_K is repacked for the AVX2 kernels on x86 only")
 
 
 def q8_bound(wf: np.ndarray, x: np.ndarray, block: int = 256) -> np.ndarray:
