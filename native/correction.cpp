@@ -295,7 +295,12 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
         if (auto_k) {
             if (st.dense_step_ms > 0) {
                 interpolate_curve(s->verify_ms, cost.nodes(kmax), cost.v);
-                cost.s_prior = cost.v[1] * std::max(0.05, res.sparse.param_fraction);
+                // Before any draft is timed: a sparse step costs its share of the weight bytes a dense one reads
+                // (the compact FFN and the trimmed head included), then the measured mean replaces it.
+                const double frac = res.sparse.dense_step_bytes > 0
+                                        ? (double) res.sparse.step_bytes / (double) res.sparse.dense_step_bytes
+                                        : res.sparse.param_fraction;
+                cost.s_prior = cost.v[1] * std::max(0.05, frac);
             } else {
                 kmax = 1;  // no room left to measure: decode densely
             }
@@ -355,7 +360,7 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
                 const auto t0 = std::chrono::steady_clock::now();
                 set_ffn_mode(s, SIRIUS_MODE_DENSE);
                 if ((status = decode(s, &pending, 1, false, nullptr)) != SIRIUS_OK) break;
-                pending = pick(llama_get_logits_ith(s->ctx, -1));
+                pending = pick(logits_ith(s, -1));
                 st.dense_steps++;
                 st.t_dense_ms += ms_since(t0);
                 if (!out.emit(pending, ++c)) break;
@@ -387,7 +392,7 @@ int32_t correction_loop(sirius_session * s, const sirius_generate_params & p, Te
             for (int32_t i = 1; i < k; ++i) {
                 const auto ts = std::chrono::steady_clock::now();
                 if ((status = decode(s, &batch.back(), 1, false, nullptr)) != SIRIUS_OK) break;
-                const float * row = llama_get_logits_ith(s->ctx, -1);
+                const float * row = logits_ith(s, -1);
                 llama_token d;
                 if (sampled) {
                     q[i].resize(n_vocab);

@@ -6,6 +6,7 @@
 
 #include <array>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -14,6 +15,8 @@
 namespace sirius {
 int32_t fail(int32_t code, std::string msg);
 struct SparseFFN;  // sparse.cpp
+struct DraftHead;  // sparse.h
+struct MappedGGUF; // sparse.h
 class TextStream;  // text.h
 }  // namespace sirius
 
@@ -22,6 +25,9 @@ struct sirius_model {
     const llama_vocab * vocab = nullptr;
     int32_t             n_vocab = 0;
     std::string         path;
+    // The GGUF file mapped once for the sparse builders (their byte copies), shared by the model's sessions.
+    std::shared_ptr<sirius::MappedGGUF> file;
+    std::mutex                          file_mu;
 };
 
 struct sirius_session {
@@ -64,6 +70,12 @@ struct sirius_session {
     std::vector<double> verify_ms;
 
     std::unique_ptr<sirius::SparseFFN> sparse;  // compact FFN of the current prompt, if built
+    // The trimmed draft head of the current prompt, if built, and its statistic: per token, the highest dense
+    // logit over the prompt rows collected with Griffin's statistic (head_rows of them).
+    std::unique_ptr<sirius::DraftHead> head;
+    std::vector<float>                 head_max;
+    int64_t                            head_rows = 0;
+    int32_t                            last_batch_tokens = 0;  // tokens in the last llama_decode
     sirius_session();   // both out of line: SparseFFN is complete only in sparse.cpp
     ~sirius_session();
 };
@@ -117,4 +129,14 @@ void    sparse_release(sirius_session * s);
 int32_t set_ffn_mode(sirius_session * s, int32_t mode);
 // Starts (reset: from zero) or stops collecting the Griffin statistic over the following dense batches.
 void    griffin_set_collect(sirius_session * s, bool collect, bool reset);
+
+// draft_head.cpp
+// Row i of the last decode's logits over the whole vocabulary (a trimmed draft row scattered, -inf elsewhere).
+const float * logits_ith(sirius_session * s, int32_t i);
+// After a decode of n_rows output rows while collecting: folds them into the head statistic.
+void    head_collect(sirius_session * s, int32_t n_rows);
+void    head_reset_statistic(sirius_session * s);
+// Builds (draft_vocab > 0) or drops (0) the trimmed head for the prompt in the session; adds to info.
+int32_t head_build(sirius_session * s, int32_t draft_vocab, sirius_sparse_info * info);
+void    head_release(sirius_session * s);
 }  // namespace sirius

@@ -154,6 +154,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
             b.logits[i] = logits_all || (start + i == n - 1) || s->collect;
         }
         const int32_t rc = llama_decode(s->ctx, b);
+        s->last_batch_tokens = len;
         if (rc != 0) {
             llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
             s->tokens.resize(n_past);
@@ -163,10 +164,11 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
                                                (rc == 1 ? ": no KV cache slot for the batch" : rc == 2 ? ": aborted" : "") +
                                                (why.empty() ? "" : ": " + why));
         }
+        if (s->collect) sirius::head_collect(s, len);  // (every row is an output while collecting)
         if (logits_out) {
             for (int32_t i = 0; i < len; ++i) {
                 if (!(logits_all || start + i == n - 1)) continue;
-                const float * row = llama_get_logits_ith(s->ctx, i);
+                const float * row = logits_ith(s, i);
                 if (!row) {
                     return fail(SIRIUS_ERR_INTERNAL, "llama.cpp returned no logits for batch row " + std::to_string(i));
                 }
@@ -233,6 +235,7 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 using sirius::check_sampling;
 using sirius::check_tokens;
 using sirius::decode;
+using sirius::logits_ith;
 using sirius::make_sampler;
 using sirius::ms_since;
 using sirius::token_piece;
@@ -275,7 +278,7 @@ int32_t plain_loop(sirius_session * s, const sirius_generate_params & p, sirius:
             break;
         }
         if ((status = decode(s, &tok, 1, false, nullptr)) != SIRIUS_OK) break;
-        row = llama_get_logits_ith(s->ctx, -1);
+        row = logits_ith(s, -1);
     }
     llama_sampler_free(smpl);
     return status;
@@ -549,6 +552,9 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(params->density));
     }
+    if (sparse && params->draft_vocab < 0) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "draft_vocab must be >= 0 (0 = the full head), got " + std::to_string(params->draft_vocab));
+    }
     if (corrected) {
         if (int32_t rc = sirius::check_correction_params(*params)) return rc;
     }
@@ -604,6 +610,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     res.t_prompt_ms = ms_since(t0);
     if (sparse) {
         if (int32_t rc = sirius::sparse_build(s, params->sparsity, params->density, &res.sparse)) return rc;
+        if (int32_t rc = sirius::head_build(s, params->draft_vocab, &res.sparse)) return rc;
         if (res.sparse.n_layers_sparse > 0) sirius::set_ffn_mode(s, SIRIUS_MODE_SPARSE);
     }
 

@@ -67,13 +67,20 @@ typedef enum {
 typedef struct {
     int32_t n_layers;          /* layers of the model */
     int32_t n_layers_sparse;   /* layers with a compact FFN (gated FFN found); 0: the model runs dense */
-    int32_t group_size;        /* neurons per selectable group (ffn_down's quant block; max over layers) */
+    int32_t group_size;        /* neurons per selectable group: Griffin 1 (single neurons); top-k and threshold
+                                  ffn_down's quant block (max over layers) */
     double  density;           /* fraction of FFN neurons kept, over the sparse layers */
     double  param_fraction;    /* fraction of all parameters a sparse decode step reads */
     int64_t bytes;             /* memory held by the compact tensors */
     double  build_ms;          /* time to select and gather */
     double  measured_density;  /* threshold: groups computed / groups considered over the sparse decodes of the
                                   last sirius_generate (0 before any); other methods: = density */
+    int32_t down_type;         /* Griffin: ggml type of the compact ffn_down (requantised; -1: not Griffin) */
+    int64_t dense_step_bytes;  /* weight bytes one dense decode step reads (the GGUF's tensors; the token
+                                  embedding only where it doubles as the output head) */
+    int64_t step_bytes;        /* weight bytes one sparse decode step reads (the compact tensors instead of the FFN's,
+                                  the trimmed head instead of the full one) */
+    int32_t draft_vocab;       /* tokens in the trimmed draft head (0: drafts use the full head) */
 } sirius_sparse_info;
 
 typedef struct sirius_model   sirius_model;
@@ -141,6 +148,9 @@ typedef struct {
     int32_t              sparsity;  /* sirius_sparsity, for SIRIUS_MODE_SPARSE */
     float                density;   /* (0, 1], for SIRIUS_MODE_SPARSE and SIRIUS_MODE_SIRIUS */
     sirius_correction_params sirius;  /* SIRIUS_MODE_SIRIUS */
+    int32_t              draft_vocab; /* SPARSE and SIRIUS modes: >= 0; > 0 trims the drafts' output head to the prompt's
+                                         tokens, the end-of-generation tokens and the draft_vocab tokens with the highest
+                                         dense logit over the prompt (sirius_draft_head_build); 0: the full head */
 } sirius_generate_params;
 
 typedef struct {
@@ -183,6 +193,9 @@ SIRIUS_API int32_t sirius_model_n_layer(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_embd(const sirius_model * model);
 SIRIUS_API int64_t sirius_model_n_params(const sirius_model * model);
 SIRIUS_API int64_t sirius_model_size(const sirius_model * model);
+/* Weight bytes one dense decode step reads (every tensor once; the token embedding only where it doubles as the
+ * output head): the bound the sparse paths' step_bytes are measured against. -1 if the file cannot be mapped. */
+SIRIUS_API int64_t sirius_model_step_bytes(sirius_model * model);
 SIRIUS_API int32_t sirius_model_token_bos(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_token_eos(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_is_eog(const sirius_model * model, int32_t token);
@@ -239,6 +252,12 @@ SIRIUS_API int32_t sirius_griffin_collect(sirius_session * session, int32_t coll
 SIRIUS_API int32_t sirius_sparse_build(sirius_session * session, int32_t sparsity, float density, sirius_sparse_info * info);
 SIRIUS_API int32_t sirius_set_ffn_mode(sirius_session * session, int32_t mode);
 SIRIUS_API void    sirius_sparse_release(sirius_session * session);
+/* The trimmed draft head (after the prompt's prefill and sparse_build): single-token decodes in sparse mode then
+ * compute logits for a token subset only (see sirius_generate_params.draft_vocab; 0 drops it), and their
+ * logits rows hold -inf outside it. Models whose head has a bias keep the full head (info->draft_vocab = 0).
+ * sirius_draft_head_tokens copies the subset (ascending, up to n_max) and returns its size (0: none). */
+SIRIUS_API int32_t sirius_draft_head_build(sirius_session * session, int32_t draft_vocab, sirius_sparse_info * info);
+SIRIUS_API int32_t sirius_draft_head_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);
 /* Threshold sparsity: per-layer thresholds (n = n_layer values, finite, >= 0; NULL clears) on a group's
  * sum |act(gate x)|, used by sparse_build(SIRIUS_SPARSITY_THRESHOLD) and, live, by a threshold FFN already built. */
 SIRIUS_API int32_t sirius_set_thresholds(sirius_session * session, const float * thresholds, int32_t n);

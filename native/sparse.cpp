@@ -12,6 +12,7 @@
 #include "sparse.h"
 
 #include "ggml-alloc.h"
+#include "ggml-cpu.h"
 
 #include <algorithm>
 #include <chrono>
@@ -19,6 +20,8 @@
 #include <cstdio>
 #include <cstring>
 #include <numeric>
+#include <strings.h>
+#include <thread>
 
 namespace sirius {
 
@@ -65,11 +68,21 @@ bool cpu_extra(ggml_backend_buffer_type_t buft) {
     return strcmp(name, "CPU") != 0 && strcmp(name, "CPU_Mapped") != 0;
 }
 
+// The one CPU extra type the sparse tensors may live in: ggml-cpu's repacking ("CPU_REPACK"), whose kernels
+// check each shape (its init_tensor leaves extra unset for a shape it cannot hold) and which mul_mat_id
+// supports. Others are refused: AMX (Intel Xeons from Sapphire Rapids on) sets extra for every tensor and then
+// runs its kernel on shapes it never checked (a compact FFN crashed in ggml_backend_amx_mul_mat), and supports
+// no mul_mat_id, so a view of an AMX tensor has no backend (the scheduler aborts).
+bool sparse_extra(ggml_backend_buffer_type_t buft) {
+    return cpu_extra(buft) && strcmp(ggml_backend_buft_name(buft), "CPU_REPACK") == 0;
+}
+
 // Allocates one tensor of `type`, shape ne0 x ne1 x ne2, in buft; falls back to the plain CPU buffer type when
 // buft is a CPU extra type that cannot take this shape.
 int32_t alloc_tensor(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2,
                      CompactTensor & out) {
     ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
+    if (cpu_extra(buft) && !sparse_extra(buft)) buft = ggml_backend_cpu_buffer_type();
     for (int attempt = 0; attempt < 2; ++attempt) {
         out.ctx = ggml_init(ip);
         out.t = ggml_new_tensor_3d(out.ctx, type, ne0, ne1, ne2);
@@ -90,18 +103,86 @@ int32_t alloc_tensor(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne
     return fail(SIRIUS_ERR_INTERNAL, "could not allocate a sparse FFN tensor");
 }
 
-// A tensor like `like` (its type) with shape ne0 x ne1, in the buffer type of `like` (plain host memory for
-// weights read from the mmapped file).
-int32_t alloc_like(const ggml_tensor * like, int64_t ne0, int64_t ne1, CompactTensor & out) {
+// Where a Griffin compact tensor for `like` goes: like's buffer type (a GPU's, for offloaded layers), but plain
+// host memory for weights read from the mmapped file or repacked on the CPU. Converting the compact tensors to
+// the repacked layout doubled the build (1.16 s against 0.63 s on Qwen2.5-Coder-1.5B at density 0.5, 2 threads)
+// and decoded no faster (1.40x against 1.44x dense): benchmarks/NOTES.md, "Single-neuron Griffin".
+ggml_backend_buffer_type_t like_buft(const ggml_tensor * like) {
     ggml_backend_buffer_type_t buft = like->buffer ? ggml_backend_buffer_get_type(like->buffer) : ggml_backend_cpu_buffer_type();
-    if (ggml_backend_buft_is_host(buft) && strcmp(ggml_backend_buft_name(buft), "CPU_Mapped") == 0) {
+    if ((ggml_backend_buft_is_host(buft) && strcmp(ggml_backend_buft_name(buft), "CPU_Mapped") == 0) || cpu_extra(buft)) {
         buft = ggml_backend_cpu_buffer_type();
     }
-    return alloc_tensor(buft, like->type, ne0, ne1, 1, out);
+    return buft;
 }
 
+// Runs fn(i0, i1) on n_threads contiguous slices of [0, n), the calling thread taking the first.
+template <typename F> void parallel_for(int32_t n_threads, int64_t n, F && fn) {
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(n_threads, n));
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < nt; ++t) pool.emplace_back([&, t] { fn(n * t / nt, n * (t + 1) / nt); });
+    fn(0, n / nt);
+    for (auto & th : pool) th.join();
+}
+
+// The compact down's type for Griffin on single neurons, for a layer whose ffn_down is of type src. Its rows
+// hold the kept neurons' columns, so it is requantised. Chosen by measurement on Qwen2.5-Coder-1.5B Q4_K_M
+// (ffn_down Q4_K and Q6_K; benchmarks/NOTES.md, "Single-neuron Griffin"): Q4_0 for sources under 8 bits per
+// weight (fastest decode, 0.72 s build, acceptance 0.977 at density 0.5), Q8_0 for 8-bit ones, F16 (BF16) for
+// float ones (F16 sources lose nothing). Requantising to the original K-quant took 15 s (ggml's scalar reference quantiser).
+// SIRIUS_GRIFFIN_DOWN=TYPE (q8_0, q5_0, q4_0, q4_K, q5_K, q6_K, f16, or "orig" for src itself) overrides it
+// for measurements; *why is set when its value is unusable.
+ggml_type griffin_down_type(ggml_type src, const char ** why) {
+    static const ggml_type allowed[] = {GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q5_0, GGML_TYPE_Q4_0,
+                                        GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
+    *why = nullptr;
+    const char * v = getenv("SIRIUS_GRIFFIN_DOWN");
+    if (!v || !*v) {
+        if (src == GGML_TYPE_F32 || src == GGML_TYPE_F16 || src == GGML_TYPE_BF16) {
+            return src == GGML_TYPE_BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F16;  // float weights stay float
+        }
+        const double bits = 8.0 * (double) ggml_type_size(src) / (double) ggml_blck_size(src);
+        return bits >= 8.0 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
+    }
+    if (strcmp(v, "orig") == 0) return src;
+    for (ggml_type t : allowed) {
+        if (strcasecmp(v, ggml_type_name(t)) == 0) return t;
+    }
+    *why = "SIRIUS_GRIFFIN_DOWN is not a compact down type: use q8_0, q5_0, q4_0, q4_K, q5_K, q6_K, f16, bf16 or orig";
+    return src;
+}
 
 }  // namespace
+
+// Weight bytes one dense decode step reads: every tensor of the GGUF once, except the token embedding (one row),
+// unless it doubles as the output head.
+int64_t dense_step_bytes(const MappedGGUF & file) {
+    const int64_t n = gguf_get_n_tensors(file.g);
+    const bool tied = gguf_find_tensor(file.g, "output.weight") < 0;
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (!tied && strcmp(gguf_get_tensor_name(file.g, i), "token_embd.weight") == 0) continue;
+        total += (int64_t) gguf_get_tensor_size(file.g, i);
+    }
+    return total;
+}
+
+// A tensor of `type`, shape ne0 x ne1, in like_buft(like) (as alloc_tensor places it).
+int32_t alloc_like(const ggml_tensor * like, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out) {
+    const ggml_backend_buffer_type_t buft = like_buft(like);
+    const int32_t rc = alloc_tensor(buft, type, ne0, ne1, 1, out);
+    out.asked = buft;
+    return rc;
+}
+
+std::shared_ptr<const MappedGGUF> model_file(sirius_model * m) {
+    std::lock_guard<std::mutex> lock(m->file_mu);
+    if (!m->file) {
+        auto f = std::make_shared<MappedGGUF>();
+        if (!f->open(m->path, true)) return nullptr;
+        m->file = std::move(f);
+    }
+    return m->file;
+}
 
 SparseFFN::~SparseFFN() {
     for (auto & c : owned) {
@@ -161,6 +242,7 @@ void sparse_release(sirius_session * s) {
         s->sparse.reset();
         block_ffn_sync(s);
     }
+    head_release(s);
     s->sparse_on = false;
     llama_sirius_set_ffn_sparse(s->ctx, false);
 }
@@ -179,9 +261,9 @@ int32_t set_ffn_mode(sirius_session * s, int32_t mode) {
 
 namespace {
 
-// The CPU extra buffer type (weight repacking) that holds t, or nullptr if t is in plain or mapped memory.
+// The CPU repacking buffer type that holds t, or nullptr if t is elsewhere (plain, mapped, AMX, a GPU).
 ggml_backend_buffer_type_t repack_buft(const ggml_tensor * t) {
-    return t->buffer && cpu_extra(ggml_backend_buffer_get_type(t->buffer)) ? ggml_backend_buffer_get_type(t->buffer) : nullptr;
+    return t->buffer && sparse_extra(ggml_backend_buffer_get_type(t->buffer)) ? ggml_backend_buffer_get_type(t->buffer) : nullptr;
 }
 
 // Top-k and threshold: per layer, up as [n_embd, G, n_groups], a block-major copy of down [G, n_embd, n_groups]
@@ -292,7 +374,7 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
     }
     SparseFFN & sp = *s->sparse;
     sp.sparsity = sparsity;
-    int64_t kept = 0, total = 0, skipped = 0;
+    int64_t kept = 0, total = 0, skipped = 0, skippable_bytes = 0;
     sp.info.n_layers_sparse = 0;
     sp.info.group_size = 0;
     for (int32_t il = 0; il < n_layer; ++il) {
@@ -309,6 +391,8 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
         kept += k * G;
         total += nb * G;
         skipped += 2 * n_embd * (nb - k) * G;  // up and down rows of the skipped groups (gate is dense)
+        LayerFFN lf;
+        if (layer_ffn(model, il, lf)) skippable_bytes += (int64_t) (ggml_nbytes(lf.up) + ggml_nbytes(lf.down));
     }
     llama_sirius_set_ffn_topk(s->ctx, n_layer, sp.topk_blocks.data());
     block_ffn_sync(s);
@@ -317,8 +401,214 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
     sp.info.density = total ? (double) kept / (double) total : 1.0;
     const double n_params = (double) llama_model_n_params(model);
     sp.info.param_fraction = n_params > 0 ? (n_params - (double) skipped) / n_params : 1.0;
+    // Bytes a decode reads: the dropped groups' share of up and down is skipped (gate is read in full).
+    sp.info.dense_step_bytes = dense_step_bytes(*sp.file);
+    sp.info.step_bytes = sp.info.dense_step_bytes - (int64_t) ((1.0 - sp.info.density) * (double) skippable_bytes);
+    sp.info.down_type = -1;
     sp.info.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (info) *info = sp.info;
+    return SIRIUS_OK;
+}
+
+}  // namespace
+
+namespace {
+
+// One layer of Griffin's compact FFN: the kept neurons and where their bytes come from and go.
+struct GriffinLayer {
+    LayerFFN                f;
+    const uint8_t *         src[3] = {nullptr, nullptr, nullptr};  // up, gate, down in the mapped GGUF
+    std::vector<int32_t>    keep;                                  // kept neurons, ascending
+    ggml_type               down_type = GGML_TYPE_COUNT;           // of the compact down
+    CompactTensor           c[3];                                  // compact up, gate, down
+};
+
+// The kept neurons of a layer: the round(density * n_ff) with the highest statistic, padded to the compact
+// down's block with the next-ranked ones (its rows must be whole blocks); ties go to the lower index.
+std::vector<int32_t> griffin_keep(const std::vector<double> & acc, float density, int64_t block) {
+    const int64_t n_ff = (int64_t) acc.size();
+    const int64_t k0 = std::clamp<int64_t>(std::llround(density * n_ff), 1, n_ff);
+    const int64_t k = std::min<int64_t>((k0 + block - 1) / block * block, n_ff);
+    std::vector<int32_t> order(n_ff);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+        return acc[a] > acc[b] || (acc[a] == acc[b] && a < b);
+    });
+    order.resize(k);
+    std::sort(order.begin(), order.end());
+    return order;
+}
+
+// Fills one layer's compact tensors: gate/up rows are neurons (exact byte copies); down [n_ff, n_embd] holds
+// neurons inside the quant blocks of each row, so each row is dequantised, its kept columns gathered and
+// requantised to the compact type (or copied as is when every neuron is kept).
+bool griffin_fill(GriffinLayer & L, std::vector<uint8_t> & staging, std::vector<float> & full, std::vector<float> & part) {
+    const int64_t n_embd = L.f.n_embd, n_ff = L.f.n_ff, k = (int64_t) L.keep.size();
+    // Plain host memory is written in place; a repacking or GPU buffer converts or uploads from staging.
+    auto target = [&](const CompactTensor & c) -> uint8_t * {
+        if (ggml_backend_buffer_is_host(c.buf) && !c.t->extra) return static_cast<uint8_t *>(c.t->data);
+        staging.resize(ggml_nbytes(c.t));
+        return staging.data();
+    };
+    auto commit = [&](const CompactTensor & c, const uint8_t * data) {
+        if (data != c.t->data) ggml_backend_tensor_set(c.t, data, 0, ggml_nbytes(c.t));
+    };
+    for (int j = 0; j < 2; ++j) {
+        const size_t row = ggml_row_size(j == 0 ? L.f.up->type : L.f.gate->type, n_embd);
+        uint8_t * dst = target(L.c[j]);
+        for (int64_t q = 0; q < k; ++q) memcpy(dst + q * row, L.src[j] + (size_t) L.keep[q] * row, row);
+        commit(L.c[j], dst);
+    }
+    const ggml_type st = L.f.down->type, dt = L.down_type;
+    const size_t row = ggml_row_size(st, n_ff), crow = ggml_row_size(dt, k);
+    uint8_t * dst = target(L.c[2]);
+    if (k == n_ff && dt == st) {
+        memcpy(dst, L.src[2], crow * n_embd);
+    } else {
+        const ggml_to_float_t to_float = ggml_get_type_traits(st)->to_float;
+        // ggml-cpu's SIMD quantiser where it has one for the type (Q8_0), else ggml's reference one.
+        const ggml_from_float_t from_float = ggml_get_type_traits_cpu(dt)->from_float;
+        if (!to_float && st != GGML_TYPE_F32) return false;
+        full.resize(n_ff);
+        part.resize(k);
+        for (int64_t r = 0; r < n_embd; ++r) {
+            if (st == GGML_TYPE_F32) {
+                memcpy(full.data(), L.src[2] + (size_t) r * row, row);  // (F32 has no to_float)
+            } else {
+                to_float(L.src[2] + (size_t) r * row, full.data(), n_ff);
+            }
+            for (int64_t q = 0; q < k; ++q) part[q] = full[L.keep[q]];
+            uint8_t * out = dst + (size_t) r * crow;
+            if (dt == GGML_TYPE_Q8_0 && from_float) {
+                from_float(part.data(), out, k);
+            } else if (ggml_quantize_chunk(dt, part.data(), out, 0, 1, k, nullptr) != crow) {
+                return false;
+            }
+        }
+    }
+    commit(L.c[2], dst);
+    return true;
+}
+
+// The previous build's compact tensors, reused where a new one has the same buffer type, type and shape (the
+// same density on the next prompt): fresh memory costs a page fault per 4 KiB, more than the copy itself.
+struct SparePool {
+    std::vector<CompactTensor> free;
+    int32_t take(const ggml_tensor * like, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out) {
+        const ggml_backend_buffer_type_t buft = like_buft(like);
+        for (size_t i = 0; i < free.size(); ++i) {
+            const ggml_tensor * t = free[i].t;
+            if (free[i].asked == buft && t->type == type && t->ne[0] == ne0 && t->ne[1] == ne1 && t->ne[2] == 1) {
+                out = free[i];
+                free.erase(free.begin() + (std::ptrdiff_t) i);
+                return SIRIUS_OK;
+            }
+        }
+        return alloc_like(like, type, ne0, ne1, out);
+    }
+    ~SparePool() {
+        for (auto & c : free) {
+            if (c.buf) ggml_backend_buffer_free(c.buf);
+            if (c.ctx) ggml_free(c.ctx);
+        }
+    }
+};
+
+// Griffin on single neurons: per layer, the neurons with the highest statistic (griffin_keep), gathered into
+// compact gate/up/down tensors (griffin_fill) that single-token decodes use instead of the originals. The
+// layers are filled in parallel on the session's threads.
+int32_t griffin_build(sirius_session * s, float density, sirius_sparse_info * info) {
+    const char * why = nullptr;
+    griffin_down_type(GGML_TYPE_F32, &why);
+    if (why) return fail(SIRIUS_ERR_INVALID_ARGUMENT, why);
+    const auto t0 = std::chrono::steady_clock::now();
+    SparePool spare;
+    if (s->sparse && s->sparse->sparsity == SIRIUS_SPARSITY_GRIFFIN) spare.free.swap(s->sparse->owned);
+    sparse_release(s);
+
+    const llama_model * model = s->model->model;
+    const int32_t n_layer = llama_model_n_layer(model);
+    auto sp = std::make_unique<SparseFFN>();
+    sp->table.assign((size_t) n_layer * 6, nullptr);
+    sp->groups.assign(n_layer, {});
+    sp->group_size.assign(n_layer, 0);
+    sp->info.n_layers = n_layer;
+    sp->info.down_type = -1;
+
+    const std::shared_ptr<const MappedGGUF> mapped = model_file(s->model);
+    if (!mapped) return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
+    const MappedGGUF & file = *mapped;
+
+    // Plan (this thread): the kept neurons and the compact tensors' allocations, layer by layer.
+    std::vector<GriffinLayer> layers;
+    layers.reserve(n_layer);
+    bool host = true;
+    int64_t kept_neurons = 0, total_neurons = 0, ffn_params_skipped = 0, ffn_bytes_replaced = 0;
+    for (int32_t il = 0; il < n_layer; ++il) {
+        GriffinLayer L;
+        if (!layer_ffn(model, il, L.f) || il >= (int32_t) s->griffin_sumsq.size()) continue;  // stays dense
+        const auto & acc = s->griffin_sumsq[il];
+        const int64_t n_embd = L.f.n_embd, n_ff = L.f.n_ff;
+        if ((int64_t) acc.size() != n_ff) continue;
+        for (int j = 0; j < 3; ++j) {
+            const ggml_tensor * t = j == 0 ? L.f.up : j == 1 ? L.f.gate : L.f.down;
+            if (!(L.src[j] = file.tensor(L.f.name[j], ggml_nbytes(t)))) {
+                return fail(SIRIUS_ERR_IO, std::string("cannot read ") + L.f.name[j] + " from " + s->model->path);
+            }
+        }
+        L.down_type = griffin_down_type(L.f.down->type, &why);
+        if (ggml_blck_size(L.down_type) > n_ff) L.down_type = L.f.down->type;
+        L.keep = griffin_keep(acc, density, ggml_blck_size(L.down_type));
+        const int64_t k = (int64_t) L.keep.size();
+        if (k == n_ff) L.down_type = L.f.down->type;  // every neuron: the original bytes
+        int32_t rc = spare.take(L.f.up, L.f.up->type, n_embd, k, L.c[0]);
+        if (rc == SIRIUS_OK) sp->owned.push_back(L.c[0]), rc = spare.take(L.f.gate, L.f.gate->type, n_embd, k, L.c[1]);
+        if (rc == SIRIUS_OK) sp->owned.push_back(L.c[1]), rc = spare.take(L.f.down, L.down_type, k, n_embd, L.c[2]);
+        if (rc != SIRIUS_OK) return rc;  // (sp, holding what was allocated, frees it)
+        sp->owned.push_back(L.c[2]);
+        for (const CompactTensor & c : L.c) host = host && ggml_backend_buffer_is_host(c.buf);
+
+        ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
+        row6[0] = L.f.up; row6[1] = L.f.gate; row6[2] = L.f.down;
+        row6[3] = L.c[0].t; row6[4] = L.c[1].t; row6[5] = L.c[2].t;
+        sp->groups[il] = L.keep;
+        sp->group_size[il] = 1;
+        sp->info.n_layers_sparse++;
+        sp->info.group_size = 1;
+        sp->info.down_type = (int32_t) L.down_type;
+        kept_neurons += k;
+        total_neurons += n_ff;
+        ffn_params_skipped += 3 * n_embd * (n_ff - k);
+        ffn_bytes_replaced += (int64_t) (ggml_nbytes(L.f.up) + ggml_nbytes(L.f.gate) + ggml_nbytes(L.f.down));
+        layers.push_back(std::move(L));
+    }
+
+    // Fill: each thread takes the next unfilled layer. A GPU backend's uploads stay on this thread.
+    std::atomic<size_t> next{0};
+    std::atomic<bool> ok{true};
+    const int32_t n_threads = host ? std::max(1, llama_n_threads(s->ctx)) : 1;
+    parallel_for(n_threads, n_threads, [&](int64_t, int64_t) {
+        std::vector<uint8_t> staging;
+        std::vector<float> full, part;
+        for (size_t i; (i = next++) < layers.size() && ok;) {
+            if (!griffin_fill(layers[i], staging, full, part)) ok = false;
+        }
+    });
+    if (!ok) return fail(SIRIUS_ERR_INTERNAL, "cannot requantise ffn_down for the compact FFN");
+
+    for (const auto & c : sp->owned) sp->info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
+    sp->info.density = total_neurons ? (double) kept_neurons / (double) total_neurons : 1.0;
+    const double n_params = (double) llama_model_n_params(model);
+    sp->info.param_fraction = n_params > 0 ? (n_params - (double) ffn_params_skipped) / n_params : 1.0;
+    sp->info.dense_step_bytes = dense_step_bytes(file);
+    sp->info.step_bytes = sp->info.dense_step_bytes - ffn_bytes_replaced;
+    for (const auto & c : sp->owned) sp->info.step_bytes += (int64_t) ggml_nbytes(c.t);
+    sp->info.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    if (sp->info.n_layers_sparse > 0) {
+        llama_sirius_set_ffn(s->ctx, n_layer, sp->table.data());
+    }
+    if (info) *info = sp->info;
+    s->sparse = std::move(sp);
     return SIRIUS_OK;
 }
 
@@ -335,106 +625,7 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
     if (s->griffin_tokens <= 0) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no Griffin statistic: evaluate a prompt with sirius_griffin_collect on first");
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    sparse_release(s);
-
-    const llama_model * model = s->model->model;
-    const int32_t n_layer = llama_model_n_layer(model);
-    auto sp = std::make_unique<SparseFFN>();
-    sp->table.assign((size_t) n_layer * 6, nullptr);
-    sp->groups.assign(n_layer, {});
-    sp->group_size.assign(n_layer, 0);
-    sp->info.n_layers = n_layer;
-
-    MappedGGUF file;
-    if (!file.open(s->model->path)) {
-        return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
-    }
-
-    int64_t kept_neurons = 0, total_neurons = 0, ffn_params_skipped = 0;
-    std::vector<uint8_t> dst;
-    int32_t rc = SIRIUS_OK;
-    LayerFFN f;
-    for (int32_t il = 0; il < n_layer && rc == SIRIUS_OK; ++il) {
-        if (!layer_ffn(model, il, f) || il >= (int32_t) s->griffin_sumsq.size()) continue;  // stays dense
-        ggml_tensor * up = f.up, * gate = f.gate, * down = f.down;
-        const char (&name)[3][96] = f.name;
-        const int64_t n_embd = f.n_embd, n_ff = f.n_ff, G = f.G, n_groups = n_ff / G;
-        const auto & acc = s->griffin_sumsq[il];
-        if ((int64_t) acc.size() != n_ff) continue;
-        const int64_t k = std::clamp<int64_t>(std::llround(density * n_groups), 1, n_groups);
-
-        // Group score: sum over its neurons of Griffin's per-neuron statistic (column L2 norm).
-        std::vector<double> score(n_groups, 0.0);
-        for (int64_t i = 0; i < n_ff; ++i) score[i / G] += std::sqrt(acc[i]);
-        std::vector<int32_t> order(n_groups);
-        std::iota(order.begin(), order.end(), 0);
-        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return score[a] > score[b]; });
-        std::vector<int32_t> keep(order.begin(), order.begin() + k);
-        std::sort(keep.begin(), keep.end());
-
-        // gate/up: G contiguous rows per group.
-        ggml_tensor * compact[3] = {nullptr, nullptr, nullptr};
-        for (int j = 0; j < 2 && rc == SIRIUS_OK; ++j) {
-            const ggml_tensor * orig = j == 0 ? up : gate;
-            const uint8_t * src = file.tensor(name[j], ggml_nbytes(orig));
-            if (!src) {
-                rc = fail(SIRIUS_ERR_IO, std::string("cannot read ") + name[j] + " from " + s->model->path);
-                break;
-            }
-            const size_t row = ggml_row_size(orig->type, n_embd), grp = row * G;
-            dst.resize(grp * k);
-            for (int64_t q = 0; q < k; ++q) memcpy(dst.data() + q * grp, src + (size_t) keep[q] * grp, grp);
-            CompactTensor c;
-            if ((rc = alloc_like(orig, n_embd, k * G, c)) != SIRIUS_OK) break;
-            ggml_backend_tensor_set(c.t, dst.data(), 0, dst.size());
-            compact[j] = c.t;
-            sp->owned.push_back(c);
-        }
-        if (rc != SIRIUS_OK) break;
-        // down: in every one of its n_embd rows, the quant blocks of the kept groups.
-        const uint8_t * src = file.tensor(name[2], ggml_nbytes(down));
-        if (!src) {
-            rc = fail(SIRIUS_ERR_IO, std::string("cannot read ") + name[2] + " from " + s->model->path);
-            break;
-        }
-        const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G), crow = blk * k;
-        dst.resize(crow * n_embd);
-        for (int64_t r = 0; r < n_embd; ++r) {
-            const uint8_t * srow = src + (size_t) r * row;
-            uint8_t * drow = dst.data() + (size_t) r * crow;
-            for (int64_t q = 0; q < k; ++q) memcpy(drow + q * blk, srow + (size_t) keep[q] * blk, blk);
-        }
-        CompactTensor c;
-        if ((rc = alloc_like(down, k * G, n_embd, c)) != SIRIUS_OK) break;
-        ggml_backend_tensor_set(c.t, dst.data(), 0, dst.size());
-        compact[2] = c.t;
-        sp->owned.push_back(c);
-
-        ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
-        row6[0] = up; row6[1] = gate; row6[2] = down;
-        row6[3] = compact[0]; row6[4] = compact[1]; row6[5] = compact[2];
-        sp->groups[il] = std::move(keep);
-        sp->group_size[il] = (int32_t) G;
-        sp->info.n_layers_sparse++;
-        sp->info.group_size = std::max<int32_t>(sp->info.group_size, (int32_t) G);
-        kept_neurons += k * G;
-        total_neurons += n_ff;
-        ffn_params_skipped += 3 * n_embd * (n_ff - k * G);
-    }
-    if (rc != SIRIUS_OK) return rc;
-
-    for (const auto & c : sp->owned) sp->info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
-    sp->info.density = total_neurons ? (double) kept_neurons / (double) total_neurons : 1.0;
-    const double n_params = (double) llama_model_n_params(model);
-    sp->info.param_fraction = n_params > 0 ? (n_params - (double) ffn_params_skipped) / n_params : 1.0;
-    sp->info.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    if (sp->info.n_layers_sparse > 0) {
-        llama_sirius_set_ffn(s->ctx, n_layer, sp->table.data());
-    }
-    if (info) *info = sp->info;
-    s->sparse = std::move(sp);
-    return SIRIUS_OK;
+    return griffin_build(s, density, info);
 }
 
 }  // namespace sirius
@@ -447,6 +638,7 @@ void sirius::griffin_set_collect(sirius_session * s, bool collect, bool reset) {
         s->griffin_sumsq.assign(llama_model_n_layer(s->model->model), {});
         s->griffin_tokens = 0;
         s->griffin_upto = 0;
+        head_reset_statistic(s);
     }
     s->collect = collect;
     // The callback exists only while collecting (or recording): other batches run exactly as stock llama.cpp does.
@@ -461,6 +653,12 @@ int32_t sirius_griffin_collect(sirius_session * s, int32_t collect) {
     sirius::griffin_set_collect(s, collect != 0, collect != 0);
     s->griffin_upto = 0;  // collected by hand: not tied to a prefix sirius_generate knows
     return SIRIUS_OK;
+}
+
+int64_t sirius_model_step_bytes(sirius_model * m) {
+    if (!m) return -1;
+    const auto file = sirius::model_file(m);
+    return file ? sirius::dense_step_bytes(*file) : -1;
 }
 
 int32_t sirius_sparse_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {

@@ -24,6 +24,7 @@ struct CompactTensor {
     ggml_context *        ctx = nullptr;
     ggml_backend_buffer_t buf = nullptr;
     ggml_tensor *         t = nullptr;
+    ggml_backend_buffer_type_t asked = nullptr;  // the buffer type it was asked for (it may have fallen back)
 };
 
 // The GGUF file mapped read-only: tensor bytes in their file layout, sharing the page cache that llama.cpp's
@@ -34,7 +35,8 @@ struct MappedGGUF {
     size_t          size = 0;
     size_t          data_offset = 0;
 
-    bool open(const std::string & path) {
+    // populate: fault every page in at once (one pass of the kernel instead of a fault per 4 KiB on first use).
+    bool open(const std::string & path, bool populate = false) {
         gguf_init_params gp = {true, nullptr};
         g = gguf_init_from_file(path.c_str(), gp);
         if (!g) return false;
@@ -43,7 +45,7 @@ struct MappedGGUF {
         if (fd < 0) return false;
         struct stat st;
         if (fstat(fd, &st) == 0 && st.st_size > 0) {
-            void * p = mmap(nullptr, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+            void * p = mmap(nullptr, (size_t) st.st_size, PROT_READ, MAP_SHARED | (populate ? MAP_POPULATE : 0), fd, 0);
             if (p != MAP_FAILED) {
                 base = static_cast<const uint8_t *>(p);
                 size = (size_t) st.st_size;
@@ -91,6 +93,21 @@ struct SparseFFN {
     ~SparseFFN();
 };
 
+// The trimmed draft head of the current prompt (draft_head.cpp).
+struct DraftHead {
+    CompactTensor        t;
+    std::vector<int32_t> ids;   // the subset, ascending: row q of t is token ids[q]
+    std::vector<float>   full;  // n_vocab; -inf outside the subset, which is rewritten on every trimmed row
+    ~DraftHead() {
+        if (t.buf) ggml_backend_buffer_free(t.buf);
+        if (t.ctx) ggml_free(t.ctx);
+    }
+};
+
+// A tensor of `type`, shape ne0 x ne1, where a compact copy of `like` goes (sparse.cpp: like's buffer type, but
+// plain host memory for mmapped or CPU-repacked weights).
+int32_t alloc_like(const ggml_tensor * like, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out);
+
 // A layer's gated FFN as the sparse paths see it: the model's tensors, their GGUF names, and the group size
 // G = ffn_down's quant block (at least 32 neurons), so a group is whole rows of gate/up and whole blocks of down.
 struct LayerFFN {
@@ -99,6 +116,12 @@ struct LayerFFN {
     int64_t       n_embd = 0, n_ff = 0, G = 0;
 };
 bool layer_ffn(const llama_model * model, int32_t il, LayerFFN & f);
+
+// Weight bytes one dense decode step reads (sparse.cpp).
+int64_t dense_step_bytes(const MappedGGUF & file);
+
+// The model's GGUF mapped once (populated) and kept for its lifetime; nullptr if it cannot be mapped.
+std::shared_ptr<const MappedGGUF> model_file(sirius_model * m);
 
 // block_ffn.cpp: installs (or removes) the llama_sirius_ffn_builder that threshold decodes and block-score
 // recording need, after any change of either.

@@ -67,6 +67,7 @@ int32_t decode_nodes(sirius_session * s, llama_batch & b, const std::vector<llam
         b.logits[i] = logits;
     }
     const int32_t rc = llama_decode(s->ctx, b);
+    s->last_batch_tokens = b.n_tokens;
     if (rc != 0) return fail(SIRIUS_ERR_DECODE, "llama_decode failed on a draft tree (code " + std::to_string(rc) + ")");
     return SIRIUS_OK;
 }
@@ -101,7 +102,7 @@ int32_t tree_period(sirius_session * s, const sirius_generate_params & p, llama_
             const auto ts = std::chrono::steady_clock::now();
             const Node & leaf = nodes[beams[i].leaf];
             if ((rc = decode_nodes(s, b, {leaf.tok}, {c + leaf.depth}, {{beams[i].seq}}, true)) != SIRIUS_OK) break;
-            const float * row = llama_get_logits_ith(s->ctx, 0);
+            const float * row = logits_ith(s, 0);
             const double lse = log_sum_exp(row, n_vocab, T);
             top_tokens(row, n_vocab, W, s->model->vocab, !p.ignore_eos, tops);
             for (llama_token tok : tops) cands.push_back({i, tok, beams[i].score + row[tok] / T - lse});
@@ -173,7 +174,7 @@ int32_t tree_period(sirius_session * s, const sirius_generate_params & p, llama_
     }
     llama_batch_free(b);
     std::vector<const float *> rows(toks.size());
-    for (int32_t r = 0; r < (int32_t) rows.size(); ++r) rows[r] = llama_get_logits_ith(s->ctx, r);
+    for (int32_t r = 0; r < (int32_t) rows.size(); ++r) rows[r] = logits_ith(s, r);
 
     // Judge each node once, from its parent's dense row, along each path up to the first failure.
     std::vector<signed char> judged(nodes.size(), -1);
