@@ -6,8 +6,11 @@ r mod n), so drift on a shared machine hits them alike; results are medians over
 dense median.
 
 The ideal ratio is the bytes-read bound: a decode step reads every weight byte once (the token embedding only
-for its one row, unless it doubles as the output head); a sparse step skips the FFN bytes of the neurons it
-drops. ideal_ratio = dense bytes / sparse bytes.
+for its one row, unless it doubles as the output head); a sparse step reads the compact FFN instead of the FFN
+(Griffin: its requantised down included) and the trimmed draft head instead of the full one (draft_vocab > 0).
+ideal_ratio = dense bytes / sparse bytes, as the engine reports them (stats dense_step_bytes and
+sparse_step_bytes; for threshold, scaled to the density its decodes measured). The G column is the selection's
+granularity: Griffin picks single neurons (1), top-k and threshold groups of ffn_down's quant block.
 
 Sirius rows add AAL, effective density, agreement with dense greedy (the share of dense greedy's tokens
 reproduced before the first difference) and the cost model's prediction of their speed from separately
@@ -26,8 +29,6 @@ import statistics
 import sys
 from pathlib import Path
 
-from gguf import GGUFReader
-
 DEFAULT_PROMPT = ("Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                   "How many clips did Natalia sell altogether in April and May?\nA: Let's think step by step.")
 # GSM-style questions (GSM8K train-set style), answered step by step; repeat r uses prompt r mod 3.
@@ -40,22 +41,6 @@ GSM_PROMPTS = [
 ]
 VERIFY_KS = [1, 2, 4, 8, 12, 16, 24, 32]
 BIG_K = 256  # tokens of the batch whose per-token cost stands for ggml's best arithmetic rate
-
-
-def weight_bytes(path: str) -> dict:
-    """Bytes per decode step from the GGUF's tensor table: total, and FFN bytes per layer (gate+up+down)."""
-    r = GGUFReader(path)
-    sizes = {t.name: int(t.n_bytes) for t in r.tensors}
-    tied = "output.weight" not in sizes
-    per_step = sum(b for n, b in sizes.items() if n != "token_embd.weight" or tied)
-    ffn, gate = {}, {}
-    for n, b in sizes.items():
-        parts = n.split(".")
-        if len(parts) == 4 and parts[0] == "blk" and parts[2] in ("ffn_gate", "ffn_up", "ffn_down"):
-            ffn[int(parts[1])] = ffn.get(int(parts[1]), 0) + b
-            if parts[2] == "ffn_gate":
-                gate[int(parts[1])] = b
-    return {"per_step": per_step, "ffn_per_layer": ffn, "gate_per_layer": gate}
 
 
 def machine_info(llm) -> dict:
@@ -129,22 +114,45 @@ def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3, weight_bytes_
     return rows
 
 
+def step_bytes_ratio(st: dict) -> float:
+    """Dense bytes over sparse bytes per decode step, from the engine's stats (threshold: at its measured density)."""
+    if not st.get("sparse"):
+        return 1.0
+    dense, sparse = st["dense_step_bytes"], st["sparse_step_bytes"]
+    if st.get("sparsity") == "threshold" and st["density_actual"] < 1.0:
+        skipped = (dense - sparse) * (1.0 - st["density_measured"]) / (1.0 - st["density_actual"])
+        sparse = dense - skipped
+    return dense / sparse if sparse > 0 else 1.0
+
+
+def best_sirius(runs: list[dict]) -> dict | None:
+    """The fastest Sirius configuration of a run (density, K, draft_vocab), with its ratio to dense."""
+    sir = [r for r in runs if r["mode"] == "sirius" and r["ratio_vs_dense"]]
+    if not sir:
+        return None
+    b = max(sir, key=lambda r: r["tokens_per_second"])
+    return {k: b[k] for k in ("sparsity", "density", "period", "width", "draft_vocab", "tokens_per_second",
+                              "ratio_vs_dense", "aal", "accept_rate")}
+
+
 def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
-        acceptance="relaxed", threshold=0.1, widths=(1,), curve=False, n_ctx=2048, mlock=True, log=print) -> dict:
+        acceptance="relaxed", threshold=0.1, widths=(1,), draft_vocabs=(None,), curve=False, n_ctx=2048, mlock=True,
+        log=print) -> dict:
     from .llm import LLM
 
     prompts = list(prompts or ([prompt] if prompt else GSM_PROMPTS))
     # mlock: weights stay in RAM. Otherwise the OS may page out the file pages one configuration does not touch
     # (a VM's DAMON reclaim does, within seconds) and the next configuration measures disk reads.
     with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, use_mlock=mlock) as llm:
-        wb = weight_bytes(llm.model_path)
+        step_bytes = llm.step_bytes()
         configs = []
         if "dense" in modes or "sirius" in modes:
-            configs.append(("dense", None, 1.0, None, None))
+            configs.append(("dense", None, 1.0, None, None, None))
         if "sparse" in modes:
-            configs += [("sparse", sp, d, None, None) for sp in sparsities for d in densities]
+            configs += [("sparse", sp, d, None, None, v) for sp in sparsities for d in densities for v in draft_vocabs]
         if "sirius" in modes:
-            configs += [("sirius", sp, d, k, w) for sp in sparsities for d in densities for k in periods for w in widths]
+            configs += [("sirius", sp, d, k, w, v) for sp in sparsities for d in densities for k in periods
+                        for w in widths for v in draft_vocabs]
         if "threshold" in sparsities and modes != ["dense"]:
             from . import calibration
 
@@ -160,8 +168,8 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             p = prompts[rep % len(prompts)]
             dense_ids = None
             for c in configs:
-                mode, sp, d, k, w = c
-                kw = dict(mode=mode) if mode == "dense" else dict(mode=mode, sparsity=sp, density=d)
+                mode, sp, d, k, w, v = c
+                kw = dict(mode=mode) if mode == "dense" else dict(mode=mode, sparsity=sp, density=d, draft_vocab=v)
                 if mode == "sirius":
                     kw.update(period=k, acceptance=acceptance, threshold=threshold, width=w)
                 llm.reset()
@@ -172,13 +180,14 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 samples[c].append(st["tokens_per_second"])
                 stats[c].append(st)
                 extra = f" AAL {st['aal']:.2f}/{k}" + (f" W={w}" if w > 1 else "") if mode == "sirius" and st["aal"] else ""
-                log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f} {k or '':>4}: "
+                head = f" V={st['draft_vocab']}" if st.get("draft_vocab") else ""
+                log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f} {k or '':>4}{head}: "
                     f"{st['tokens_per_second']:7.2f} tok/s{extra}")
-        vc = verify_curve(llm, prompts[0], weight_bytes_per_step=wb["per_step"]) if curve or "sirius" in modes else None
+        vc = verify_curve(llm, prompts[0], weight_bytes_per_step=step_bytes) if curve or "sirius" in modes else None
         dense_tps = statistics.median(samples[configs[0]]) if configs[0][0] == "dense" else None
         runs = []
         for c in configs:
-            mode, sp, d, k, w = c
+            mode, sp, d, k, w, v = c
             sts = stats[c]
             st = sts[-1]
             tps = statistics.median(samples[c])
@@ -190,14 +199,11 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                     continue
                 ideal, frac = 1.0, 1.0
             else:
-                # Bytes skipped: per sparse layer, the FFN bytes of the dropped fraction of neurons (for threshold,
-                # the fraction its decodes measured). Top-k and threshold read the gate in full.
-                per_token = sp in ("topk", "threshold")
-                skippable = sum(wb["ffn_per_layer"].values()) - (sum(wb["gate_per_layer"].values()) if per_token else 0)
-                skipped = skippable * (1.0 - dens) if st["sparse"] else 0.0
-                ideal = wb["per_step"] / (wb["per_step"] - skipped)
-                frac = st["sparse_param_fraction"]
+                ideal, frac = step_bytes_ratio(st), st["sparse_param_fraction"]
             row = {"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
+                   "group_size": st.get("group_size") if mode != "dense" else None,
+                   "draft_vocab": st.get("draft_vocab", 0) if mode != "dense" else None,
+                   "sparse_down_type": st.get("sparse_down_type"),
                    "samples": samples[c], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
                    "ideal_ratio": ideal, "sparse_param_fraction": frac,
                    "density_actual": dens,
@@ -210,7 +216,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 rej = sum(x["corrections"] for x in sts)
                 periods = sum(x["periods"] for x in sts)
                 a = acc / (acc + rej) if acc + rej else 0.0
-                sparse_row = ("sparse", sp, d, None, None)
+                sparse_row = ("sparse", sp, d, None, None, v)
                 s_ms = (1000.0 / statistics.median(samples[sparse_row]) if sparse_row in samples
                         else statistics.median(x["sparse_step_ms"] for x in sts))
                 kk = k if k != "auto" else (st["period_last"] or 1)
@@ -229,7 +235,8 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             runs.append(row)
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
                "prompt_tokens": stats[configs[0]][0]["prompt_tokens"], "prompts": prompts, "decode_tokens": tokens,
-               "repeats": repeats, "mlock": mlock, "weight_bytes_per_step": wb["per_step"], "runs": runs}
+               "repeats": repeats, "mlock": mlock, "weight_bytes_per_step": step_bytes, "runs": runs,
+               "best_sirius": best_sirius(runs)}
         if vc:
             out["verify_curve"] = vc
         return out
@@ -238,8 +245,9 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
 def format_table(res: dict) -> str:
     lines = [f"{res['model']} ({res['architecture']}), {res['machine']['threads']} threads, "
              f"{res['decode_tokens']} tokens x {res['repeats']} repeats (medians)",
-             f"{'mode':7} {'sparsity':9} {'density':>7} {'K':>3} {'tok/s':>8} {'vs dense':>9} {'ideal':>6} "
-             f"{'params read':>11} {'copy MB':>8} {'AAL':>6} {'eff.dens':>8} {'agree':>6} {'predicted':>9}"]
+             f"{'mode':7} {'sparsity':9} {'G':>3} {'density':>7} {'K':>4} {'vocab':>6} {'tok/s':>8} {'vs dense':>9} "
+             f"{'ideal':>6} {'params read':>11} {'copy MB':>8} {'build s':>7} {'AAL':>6} {'eff.dens':>8} {'agree':>6} "
+             f"{'predicted':>9}"]
     for r in res["runs"]:
         ratio = f"{r['ratio_vs_dense']:.3f}x" if r["ratio_vs_dense"] else "-"
         ideal = f"{r['ideal_ratio']:5.2f}x" if r["ideal_ratio"] else "    -"
@@ -247,9 +255,17 @@ def format_table(res: dict) -> str:
         sir = (f" {r['aal'] or 0:6.2f} {r['effective_density']:8.2f} {r['agreement_with_dense']:6.2f} "
                f"{pred}") if r["mode"] == "sirius" else ""
         k = f"{r['period']}x{r['width']}" if r.get("width", 1) > 1 else (r.get("period") or "-")
-        lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {r['density_actual']:7.2f} {k:>3} "
+        g = r["group_size"] if r.get("group_size") else "-"
+        vocab = (r["draft_vocab"] or "full") if r["mode"] != "dense" else "-"
+        lines.append(f"{r['mode']:7} {r['sparsity'] or '-':9} {g:>3} {r['density_actual']:7.2f} {k:>4} {vocab:>6} "
                      f"{r['tokens_per_second']:8.2f} {ratio:>9} {ideal:>6} {r['sparse_param_fraction']:11.3f} "
-                     f"{r['sparse_bytes'] / 1e6:8.1f}{sir}")
+                     f"{r['sparse_bytes'] / 1e6:8.1f} {r['sparse_build_seconds']:7.2f}{sir}")
+    b = res.get("best_sirius")
+    if b:
+        width = f" x{b['width']}" if b["width"] > 1 else ""
+        lines.append(f"best Sirius on this machine: {b['sparsity']} density {b['density']}, K={b['period']}{width}, "
+                     f"draft_vocab {b['draft_vocab'] or 'full'}: {b['tokens_per_second']:.2f} tok/s, "
+                     f"{b['ratio_vs_dense']:.3f}x dense")
     if res.get("verify_curve"):
         lines.append("dense K-token verify, in decode steps: r(K) measured [arithmetic bound, bytes bound]")
         lines.append("  " + ", ".join(
@@ -272,6 +288,8 @@ def add_parser(sub) -> None:
     p.add_argument("--acceptance", default="relaxed", choices=["relaxed", "strict"], help="sirius acceptance rule")
     p.add_argument("--width", default="1", help="sirius: comma list of tree widths (draft beams per period, 1-8)")
     p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed threshold")
+    p.add_argument("--draft-vocab", default="default", help="sparse and sirius: comma list of draft_vocab values "
+                   "(0 = full head; 'default' = the engine's default)")
     p.add_argument("--verify-curve", action="store_true", help="also measure dense K-token batch costs r(K)")
     p.add_argument("--prompt", default=None, help="one prompt instead of the built-in GSM-style ones")
     p.add_argument("--json", default=None, help="write the results here")
@@ -313,9 +331,16 @@ def cmd_bench(a) -> int:
         raise InvalidParameterError(f"bench: --width must be a comma list of integers in [1, 8], got {a.width!r}") from None
     if not widths or any(not 1 <= w <= 8 for w in widths):
         raise InvalidParameterError(f"bench: widths must be in [1, 8], got {a.width!r}")
+    try:
+        draft_vocabs = [None if v.strip() == "default" else int(v) for v in a.draft_vocab.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidParameterError(f"bench: --draft-vocab must be a comma list of integers >= 0 or 'default', "
+                                    f"got {a.draft_vocab!r}") from None
+    if not draft_vocabs or any(v is not None and v < 0 for v in draft_vocabs):
+        raise InvalidParameterError(f"bench: draft_vocab values must be >= 0, got {a.draft_vocab!r}")
     res = run(a.model, modes=modes, sparsities=sparsities, densities=densities, threads=a.threads, tokens=a.tokens,
               repeats=a.repeats, prompt=a.prompt, periods=periods, acceptance=a.acceptance, threshold=a.threshold,
-              widths=widths,
+              widths=widths, draft_vocabs=draft_vocabs,
               curve=a.verify_curve, mlock=not a.no_mlock, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
     if a.json:

@@ -37,8 +37,9 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
                    help="how the sparse model picks neurons: griffin (per prompt), topk (per token) or threshold "
                         "(per token, calibrated: run `calibrate` first)")
     p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept by the sparse model")
-    p.add_argument("--period", default="16", type=_period,
-                   help="sirius: tokens per verification K (drafts K-1), or 'auto' to choose from measured costs")
+    p.add_argument("--period", default="auto", type=_period,
+                   help="sirius: tokens per verification K (drafts K-1), or 'auto' (default) to choose K from this "
+                        "machine's measured costs, decoding densely where drafting does not pay")
     p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed: keep a draft if its dense "
                    "probability at the acceptance temperature is at least this (default 0.1)")
     p.add_argument("--acceptance", default=None, choices=["relaxed", "strict", "sample"],
@@ -47,6 +48,8 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--accept-temperature", type=float, default=0.6, help="sirius relaxed: softmax temperature (0.6)")
     p.add_argument("--width", type=int, default=1, help="sirius: draft beams verified together as one tree "
                    "(1-8, greedy only; pays where a wider batch is nearly free, e.g. a GPU)")
+    p.add_argument("--draft-vocab", type=int, default=None, help="sparse/sirius: tokens the drafts' trimmed output "
+                   "head keeps beyond the prompt's (0 = full head; default: the engine's)")
 
 
 def _period(v: str):
@@ -62,7 +65,7 @@ def _sampling(a) -> dict:
     return {"max_tokens": a.max_tokens, "temperature": a.temperature, "top_k": a.top_k, "top_p": a.top_p,
             "min_p": a.min_p, "seed": a.seed, "mode": a.mode, "sparsity": a.sparsity, "density": a.density,
             "period": a.period, "threshold": a.threshold, "acceptance": a.acceptance,
-            "accept_temperature": a.accept_temperature, "width": a.width}
+            "accept_temperature": a.accept_temperature, "width": a.width, "draft_vocab": a.draft_vocab}
 
 
 def _load(a):
@@ -173,7 +176,7 @@ def cmd_eval(a) -> int:
 
     summary = runner.run(a.model, a.task, modes=[m.strip() for m in a.modes.split(",") if m.strip()],
                          sparsity=a.sparsity, density=a.density, period=a.period, threshold=a.threshold,
-                         width=a.width, limit=a.limit, seed=a.seed, ids=_ids(a.ids), out=a.out, resume=a.resume,
+                         width=a.width, draft_vocab=a.draft_vocab, limit=a.limit, seed=a.seed, ids=_ids(a.ids), out=a.out, resume=a.resume,
                          max_tokens=a.max_tokens, n_ctx=a.n_ctx, threads=a.threads, progress=not a.no_progress)
     print(report.markdown(summary), end="")
     return 0
@@ -217,9 +220,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default="dense,sparse,sirius", help="comma list of dense,sparse,sirius")
     p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk", "threshold"])
     p.add_argument("--density", type=float, default=0.5)
-    p.add_argument("--period", default="16", type=_period)
+    p.add_argument("--period", default="auto", type=_period)
     p.add_argument("--threshold", type=float, default=0.1)
     p.add_argument("--width", type=int, default=1)
+    p.add_argument("--draft-vocab", type=int, default=None, help="sparse/sirius: the drafts' trimmed head (0 = full; "
+                   "default: the engine's)")
     p.add_argument("--limit", type=int, default=None, help="first N problems (gsm: N generated; default 200 for gsm, all otherwise)")
     p.add_argument("--seed", type=int, default=0, help="which problems: generator / sampling seed")
     p.add_argument("--ids", default=None, help="only these problems of the pool: ID,ID,... or @FILE (one per line)")

@@ -18,6 +18,7 @@ import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
+from gguf import GGMLQuantizationType
 
 from . import calibration, registry
 from ._native import check, ffi, lib, sized_call
@@ -26,6 +27,9 @@ from .errors import InvalidParameterError, SiriusError
 MODES = ("dense", "sparse", "sirius")
 SPARSITIES = ("griffin", "topk", "threshold")
 ACCEPTANCES = ("relaxed", "strict", "sample")
+#: Tokens the drafts' trimmed output head keeps beyond the prompt's own and the end-of-generation tokens, chosen
+#: by measurement (benchmarks/NOTES.md, "Trimmed draft head"); 0 = the full head.
+DRAFT_VOCAB = 0
 _PLANNED: dict[str, str] = {}  # option values announced but not built yet: {value: "mode" | "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
@@ -134,6 +138,14 @@ class LLM:
     def n_layer(self) -> int:
         return int(lib.sirius_model_n_layer(self._model))
 
+    def step_bytes(self) -> int:
+        """Weight bytes one dense decode step reads (every tensor once; the token embedding only where it is
+        also the output head): the bytes-read bound of bench's ideal ratios."""
+        n = int(lib.sirius_model_step_bytes(self._model))
+        if n < 0:
+            raise SiriusError(f"cannot map {self.model_path} to size its tensors")
+        return n
+
     def n_vocab(self) -> int:
         return int(lib.sirius_model_n_vocab(self._model))
 
@@ -235,6 +247,21 @@ class LLM:
         check(lib.sirius_sparse_build(self._live(), SPARSITIES.index(sparsity), float(density), info))
         return _sparse_info(info[0])
 
+    def build_draft_head(self, draft_vocab: int) -> int:
+        """Trims the drafts' output head for the prompt evaluated (after build_sparse; see create_completion's
+        draft_vocab; 0 restores the full head). Returns the subset's size (0: full head)."""
+        _require(_is_int(draft_vocab) and draft_vocab >= 0, f"draft_vocab must be an integer >= 0, got {draft_vocab!r}")
+        info = ffi.new("sirius_sparse_info *")
+        check(lib.sirius_draft_head_build(self._live(), int(draft_vocab), info))
+        return int(info.draft_vocab)
+
+    def draft_head_tokens(self) -> list[int]:
+        """The token ids the trimmed draft head keeps, ascending (empty: full head)."""
+        n = lib.sirius_draft_head_tokens(self._live(), ffi.NULL, 0)
+        out = ffi.new("int32_t[]", max(n, 1))
+        lib.sirius_draft_head_tokens(self._live(), out, n)
+        return list(out[0:n])
+
     def set_thresholds(self, thresholds: Sequence[float] | None) -> None:
         """Threshold sparsity: per-layer thresholds on a group's sum |act(gate x)| (None clears); used by the next
         build_sparse(sparsity="threshold") and live by one already built."""
@@ -320,8 +347,8 @@ class LLM:
     # ----- generation ------------------------------------------------------------------------------------------
 
     def _params(self, n_prompt, *, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density,
-                ignore_eos=False, period=16, threshold=0.1, acceptance=None, accept_temperature=0.6, width=1,
-                max_period=32):
+                ignore_eos=False, period="auto", threshold=0.1, acceptance=None, accept_temperature=0.6, width=1,
+                max_period=32, draft_vocab=None):
         for what, val in (("mode", mode), ("sparsity", sparsity)):
             if _PLANNED.get(val) == what:
                 raise InvalidParameterError(f"{what} {val!r} is planned but not implemented yet "
@@ -359,6 +386,10 @@ class LLM:
                      "acceptance='sample' needs temperature > 0 (at temperature 0 use 'strict' or 'relaxed')")
             _require(acceptance == "sample" or temperature == 0,
                      f"acceptance={acceptance!r} is greedy: use temperature=0, or acceptance='sample' to sample")
+        if draft_vocab is None:
+            draft_vocab = DRAFT_VOCAB
+        _require(_is_int(draft_vocab) and draft_vocab >= 0,
+                 f"draft_vocab must be an integer >= 0 (0 = drafts use the full output head), got {draft_vocab!r}")
         _require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1,
                  f"threshold must be in (0, 1], got {threshold!r}")
         _require(isinstance(accept_temperature, (int, float)) and math.isfinite(accept_temperature) and accept_temperature > 0,
@@ -394,6 +425,7 @@ class LLM:
         p.sirius.threshold = float(threshold)
         p.sirius.accept_temperature = float(accept_temperature)
         p.sirius.width = int(width)
+        p.draft_vocab = int(draft_vocab)
         thresholds = None
         if mode != "dense" and sparsity == "threshold":  # from the calibration sidecar (a clear error if missing)
             thresholds = calibration.thresholds_for(self.model_path, float(density), self.n_layer())
@@ -517,9 +549,10 @@ class LLM:
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
                           top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
                           stream: bool = False, seed: int | None = None, mode: str = "dense",
-                          sparsity: str = "griffin", density: float = 0.5, period: int | str = 16,
+                          sparsity: str = "griffin", density: float = 0.5, period: int | str = "auto",
                           threshold: float = 0.1, acceptance: str | None = None, accept_temperature: float = 0.6,
-                          width: int = 1, max_period: int = 32, ignore_eos: bool = False, trace: bool = False):
+                          width: int = 1, max_period: int = 32, draft_vocab: int | None = None, ignore_eos: bool = False,
+                          trace: bool = False):
         """Text completion, as llama-cpp-python: a dict, or an iterator of chunks when stream=True. The result has
         `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings).
 
@@ -532,19 +565,26 @@ class LLM:
         them in one batch and keeps the leading ones that pass `acceptance`: "relaxed" (the paper's rule,
         softmax(logits / accept_temperature)[draft] >= threshold), "strict" (only the dense argmax: output
         identical to dense greedy) or "sample" (temperature > 0; the output is distributed as the dense
-        model's). period="auto" picks K from this machine's measured costs (up to max_period) and decodes
-        densely where drafting cannot pay. width > 1 drafts that many beams (scored by cumulative log
+        model's). period="auto" (the default) picks K from this machine's measured costs (up to max_period)
+        and decodes densely where drafting cannot pay. width > 1 drafts that many beams (scored by cumulative log
         softmax(logits / accept_temperature)) and verifies the tree of their paths in one batch; the beam with
         the longest accepted prefix wins (greedy acceptance only; worth it where a wider batch is nearly free,
         as on a GPU). stats add aal, periods, drafted, accepted, corrections, effective_density, draft_steps,
         tree_nodes, the time drafting vs verifying and speedup_vs_dense; trace=True adds every verification
-        (the winning drafts, their dense probabilities, how many were kept)."""
+        (the winning drafts, their dense probabilities, how many were kept).
+
+        draft_vocab (sparse and sirius modes) trims the drafts' output head to the prompt's tokens, the
+        end-of-generation tokens and the draft_vocab tokens with the highest dense logit over the prompt
+        (None: DRAFT_VOCAB; 0: the full head). Only drafts use it: verification and dense steps keep the full
+        head, so Sirius's output never depends on it; sparse mode alone then emits only tokens of that subset.
+        stats["draft_vocab"] is the subset's size (0: full head)."""
         self._live()
         toks = self._prompt_tokens(prompt)
         params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
                               ignore_eos=ignore_eos, period=period, threshold=threshold, acceptance=acceptance,
-                              accept_temperature=accept_temperature, width=width, max_period=max_period)
+                              accept_temperature=accept_temperature, width=width, max_period=max_period,
+                              draft_vocab=draft_vocab)
         cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
 
         def chunk(text, finish, stats=None):
@@ -574,9 +614,9 @@ class LLM:
                                top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
                                stop: str | list[str] | None = None, stream: bool = False, seed: int | None = None,
                                mode: str = "dense", sparsity: str = "griffin", density: float = 0.5,
-                               period: int | str = 16, threshold: float = 0.1, acceptance: str | None = None,
+                               period: int | str = "auto", threshold: float = 0.1, acceptance: str | None = None,
                                accept_temperature: float = 0.6, width: int = 1, max_period: int = 32,
-                               trace: bool = False):
+                               draft_vocab: int | None = None, trace: bool = False):
         """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped (the generation
         options are create_completion's)."""
         prompt = self.apply_chat_template(messages, add_generation_prompt=True)
@@ -585,7 +625,8 @@ class LLM:
         params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
                               period=period, threshold=threshold, acceptance=acceptance,
-                              accept_temperature=accept_temperature, width=width, max_period=max_period)
+                              accept_temperature=accept_temperature, width=width, max_period=max_period,
+                              draft_vocab=draft_vocab)
         cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
 
         def base(obj):
@@ -625,7 +666,11 @@ def _sparse_info(info) -> dict:
     return {"sparse": info.n_layers_sparse > 0, "sparse_layers": info.n_layers_sparse, "group_size": info.group_size,
             "density_actual": info.density, "density_measured": info.measured_density,
             "sparse_param_fraction": info.param_fraction,
-            "sparse_bytes": info.bytes, "sparse_build_seconds": info.build_ms / 1000.0}
+            "sparse_bytes": info.bytes, "sparse_build_seconds": info.build_ms / 1000.0,
+            "sparse_down_type": GGMLQuantizationType(info.down_type).name if info.down_type >= 0 else None,
+            "dense_step_bytes": info.dense_step_bytes, "sparse_step_bytes": info.step_bytes,
+            "sparse_byte_fraction": info.step_bytes / info.dense_step_bytes if info.dense_step_bytes > 0 else 1.0,
+            "draft_vocab": info.draft_vocab}
 
 
 def _correction_stats(cp, st, stats: dict) -> dict:

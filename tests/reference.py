@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from gguf import GGUFReader
-from gguf.quants import dequantize
+from gguf import GGMLQuantizationType
+from gguf.quants import dequantize, quantize
 
 
 def group_masks(groups: dict[int, list[int]], G: int, n_ff: int) -> dict[int, np.ndarray]:
@@ -85,10 +86,24 @@ class LlamaReference:
 
     def _mm(self, x: np.ndarray, name: str) -> np.ndarray:
         if self.emulate_ggml and self._tensors[name].tensor_type.name not in ("F32", "F16", "BF16"):
-            b = x.reshape(*x.shape[:-1], -1, 32)
-            d = np.abs(b).max(axis=-1, keepdims=True) / 127.0
-            x = (np.round(b / np.where(d == 0, 1, d)) * d).reshape(x.shape)
+            x = self._round8(x)
         return x @ self.weight(name).T
+
+    @staticmethod
+    def _round8(x: np.ndarray) -> np.ndarray:
+        b = x.reshape(*x.shape[:-1], -1, 32)
+        d = np.abs(b).max(axis=-1, keepdims=True) / 127.0
+        return (np.round(b / np.where(d == 0, 1, d)) * d).reshape(x.shape)
+
+    def _compact_down(self, z: np.ndarray, name: str, keep: np.ndarray, qtype: str) -> np.ndarray:
+        """z's kept neurons through the compact down Griffin builds: ffn_down's kept columns (in neuron order),
+        each row requantised to qtype by gguf's quantiser, the activations rounded to 8 bits as ggml does."""
+        cols = np.nonzero(keep)[0]
+        w = self.weight(name)[:, cols].astype(np.float32)
+        t = GGMLQuantizationType[qtype]
+        wq = dequantize(quantize(w, t), t).astype(np.float64)
+        zk = z[:, cols]
+        return (self._round8(zk) if self.emulate_ggml and qtype not in ("F32", "F16", "BF16") else zk) @ wq.T
 
     def _kv(self, x: np.ndarray) -> np.ndarray:
         return x.astype(np.float16).astype(np.float64) if self.emulate_ggml else x
@@ -111,14 +126,15 @@ class LlamaReference:
     def logits(self, tokens: list[int], ffn_keep: dict[int, np.ndarray] | None = None, keep_from: int = 0,
                record_z: dict[int, np.ndarray] | None = None,
                ffn_topk: dict[int, tuple[int, int]] | None = None,
-               record_gate: dict[int, np.ndarray] | None = None) -> np.ndarray:
+               record_gate: dict[int, np.ndarray] | None = None, compact_down: str | None = None) -> np.ndarray:
         """Logits [T, n_vocab] for a sequence starting at position 0.
 
         ffn_keep: per layer, a boolean mask over FFN neurons; from position keep_from on, the other neurons'
         activations are zeroed (the sparse model's FFN). ffn_topk: per layer (G, k): from keep_from on, each
         token keeps only its k blocks of G neurons with the largest sum |act(gate x)| (top-k sparsity).
         record_z receives each layer's FFN activation z = silu(gate x) * (up x), [T, n_ff], before masking;
-        record_gate each layer's gate x."""
+        record_gate each layer's gate x. compact_down: with ffn_keep, the kept neurons' ffn_down columns are
+        requantised to this type (a GGML type name), as the compact FFN of single-neuron Griffin holds them."""
         c = self.cfg
         T = len(tokens)
         hd = c.n_embd // c.n_head
@@ -159,6 +175,10 @@ class LlamaReference:
                 for r, blocks in enumerate(drop):
                     for b in blocks:
                         z[keep_from + r, b * G:(b + 1) * G] = 0.0
-            x = x + self._mm(z, p + "ffn_down.weight")
+            if compact_down is not None and ffn_keep is not None and il in ffn_keep:
+                x[:keep_from] += self._mm(z[:keep_from], p + "ffn_down.weight")
+                x[keep_from:] += self._compact_down(z[keep_from:], p + "ffn_down.weight", ffn_keep[il], compact_down)
+            else:
+                x = x + self._mm(z, p + "ffn_down.weight")
         x = self._rms(x, self.weight("output_norm.weight"))
         return self._mm(x, "output.weight" if self.has("output.weight") else "token_embd.weight")

@@ -194,13 +194,19 @@ def spec_samples(p, q, seed, n):
 def test_sample_acceptance_preserves_the_target_distribution():
     rng = np.random.default_rng(7)
     n = 200_000
-    for trial in range(3):
+    for trial in range(4):
         p = rng.dirichlet(np.full(40, 0.5))
         q = rng.dirichlet(np.full(40, 0.5))
         if trial == 2:
             p[:10] = 0  # p has zeros where q does not, and the other way round
             q[30:] = 0
             p, q = p / p.sum(), q / q.sum()
+        if trial == 3:
+            # A trimmed draft head's proposal: softmax of logits that are -inf outside a subset of 10 tokens
+            # (draft_head.cpp), while the target p keeps the whole vocabulary. The residual must cover the rest.
+            logits = np.where(np.isin(np.arange(40), rng.choice(40, 10, replace=False)), rng.normal(0, 2, 40), -np.inf)
+            q = np.exp(logits - logits.max())
+            q /= q.sum()
         counts, kept = spec_samples(p, q, seed=trial + 1, n=n)
         mask = p > 0
         assert counts[~mask].sum() == 0

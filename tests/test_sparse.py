@@ -40,7 +40,7 @@ def keep_masks(llm, n_layer: int = 30, n_ff: int = 1536) -> dict[int, np.ndarray
         groups, G = llm.sparse_groups(il)
         mask = np.zeros(n_ff, dtype=bool)
         for g in groups:
-            mask[g * G:(g + 1) * G] = True
+            mask[g * G:(g + 1) * G] = True  # (G = 1 for Griffin, a neuron per entry)
         keep[il] = mask
     return keep
 
@@ -62,26 +62,32 @@ def test_griffin_statistic_matches_reference(llm, toks, ref_z):
         assert np.abs(ours - ref).max() < 0.05 * ref.max(), il
 
 
-def test_griffin_groups_are_the_reference_top_k(llm, toks, ref_z):
+def test_griffin_keeps_the_reference_top_k_neurons(llm, toks, ref_z):
     prefill_collect(llm, toks)
     info = llm.build_sparse(0.5)
-    assert info["sparse"] and info["sparse_layers"] == len(ref_z)
+    assert info["sparse"] and info["sparse_layers"] == len(ref_z) and info["group_size"] == 1
+    block = 32  # the compact down's type (Q4_0 for SmolLM2's Q4_1 ffn_down) pads k to its block
+    assert info["sparse_down_type"] == "Q4_0"
     overlaps = []
     for il, z in ref_z.items():
-        groups, G = llm.sparse_groups(il)
-        s = griffin_reference(z)
-        gscore = s.reshape(-1, G).sum(axis=1)
-        k = round(0.5 * len(gscore))
-        assert len(groups) == k and groups == sorted(groups)
-        order = np.argsort(-gscore)
-        cut_in, cut_out = gscore[order[k - 1]], gscore[order[k]]
-        # Clear cases must agree exactly; near-ties (within 2% of the cut) may fall either way.
-        must = {int(g) for g in np.nonzero(gscore > cut_in * 1.02)[0]}
-        never = {int(g) for g in np.nonzero(gscore < cut_out * 0.98)[0]}
-        assert must <= set(groups), il
-        assert not (never & set(groups)), il
-        overlaps.append(len(set(groups) & set(order[:k].tolist())) / k)
-    assert np.mean(overlaps) >= 0.95
+        kept, G = llm.sparse_groups(il)
+        assert G == 1 and kept == sorted(kept) and len(set(kept)) == len(kept)
+        ours, ref = llm.griffin_scores(il), griffin_reference(z)
+        k = len(kept)
+        assert k == -(-round(0.5 * len(ref)) // block) * block
+        # The rule, on our own statistic: every kept neuron scores at least every skipped one.
+        skipped = np.setdiff1d(np.arange(len(ours)), kept)
+        assert ours[kept].min() >= ours[skipped].max(), il
+        # Against the reference statistic: ours differs from it by at most `tol` (8-bit activation rounding),
+        # so a neuron more than 2 tol above the reference's cut must be kept, one more than 2 tol below it never.
+        tol = float(np.abs(ours - ref).max())
+        order = np.argsort(-ref, kind="stable")
+        cut_in, cut_out = ref[order[k - 1]], ref[order[k]]
+        must = set(np.nonzero(ref > cut_in + 2 * tol)[0].tolist())
+        never = set(np.nonzero(ref < cut_out - 2 * tol)[0].tolist())
+        assert must <= set(kept) and not (never & set(kept)), il
+        overlaps.append(len(set(kept) & set(order[:k].tolist())) / k)
+    assert np.mean(overlaps) >= 0.95, np.mean(overlaps)
 
 
 def test_sparse_decode_matches_masked_reference(llm, toks, reference):
@@ -93,13 +99,21 @@ def test_sparse_decode_matches_masked_reference(llm, toks, reference):
     llm.set_ffn_mode("dense")
     keep = keep_masks(llm)
     full = toks + [nxt]
-    ref_sparse = reference.logits(full, ffn_keep=keep, keep_from=len(toks))[-1:]
+    # The compact down holds the kept columns requantised (Q4_1 -> Q4_0 here): the reference requantises them
+    # the same way with gguf's quantiser, so the usual tolerance holds (measured mean |d| 0.17). Against the
+    # original weights, the requantisation's own error (Q4_0 rounds each weight to a step of max|w|/8 per 32,
+    # on top of Q4_1's) adds to that: measured max 2.3, mean 0.41, over compare()'s mean bound of 0.35, yet
+    # far from dense (mean 3.3). Both orders are checked below.
+    ref_sparse = reference.logits(full, ffn_keep=keep, keep_from=len(toks), compact_down="Q4_0")[-1:]
+    ref_masked = reference.logits(full, ffn_keep=keep, keep_from=len(toks))[-1:]
     ref_dense = reference.logits(full)[-1:]
     ok, report = compare(ours[None], ref_sparse)
     assert ok, report
+    d_req = np.abs(ours - ref_masked[0]).mean()
     # ...and the check can tell sparse from dense: the sparse logits are far closer to the masked reference.
     d_sparse, d_dense = np.abs(ours - ref_sparse[0]).mean(), np.abs(ours - ref_dense[0]).mean()
     assert d_sparse < 0.5 * d_dense, (d_sparse, d_dense)
+    assert d_sparse < d_req < 0.6 * d_dense, (d_sparse, d_req, d_dense)
 
 
 def test_density_one_equals_dense(llm, toks):

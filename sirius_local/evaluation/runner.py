@@ -40,8 +40,8 @@ def _model_file(label) -> str:
     return Path(m.group(1) if m else str(label or "")).name
 
 
-def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, period=16, threshold=0.1, width=1,
-        limit=None, seed=0, ids=None, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
+def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, period="auto", threshold=0.1, width=1,
+        draft_vocab=None, limit=None, seed=0, ids=None, out: str | Path, resume=False, max_tokens=None, n_ctx=2048, threads=None,
         progress=True, log=lambda m: print(m, file=sys.stderr)) -> dict:
     from ..llm import LLM
     from ..registry import resolve
@@ -57,7 +57,7 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     cfg = dict(task=task, modes=modes, sparsity=sparsity, density=density, period=period, threshold=threshold,
-                  width=width, limit=limit, seed=seed, ids=sorted(set(ids)) if ids else None,
+                  width=width, draft_vocab=draft_vocab, limit=limit, seed=seed, ids=sorted(set(ids)) if ids else None,
                   max_tokens=max_tokens or t.max_tokens, model=str(resolve(model)))
     cfg_path = out / "config.json"
     if results.is_file() and results.stat().st_size > 0:
@@ -100,7 +100,7 @@ def run(model, task: str, *, modes=MODES, sparsity="griffin", density=0.5, perio
         with results.open("a") as f:
             current = None
             for ex, mode in todo:
-                kw = {} if mode == "dense" else {"sparsity": sparsity, "density": density}
+                kw = {} if mode == "dense" else {"sparsity": sparsity, "density": density, "draft_vocab": draft_vocab}
                 if mode == "sirius":
                     kw.update(period=period, threshold=threshold, width=width)
                 if ex.id != current:  # a problem never sees another's cache: results do not depend on order
