@@ -1,6 +1,6 @@
 """Why is the accepted length what it is? Sirius relaxed on the eval's own GSM-style 8-shot prompts, one setting
-changed at a time (threshold, acceptance temperature T, period K, density, sparsity method), side by side on the
-same problems and the same session.
+changed at a time (threshold, acceptance temperature T, period K, density, sparsity method, the drafts' trimmed
+output head), side by side on the same problems and the same session.
 
     python benchmarks/aal_sweep.py [MODEL] [--problems 6] [--tokens 80] [--threads 2] [--settings "baseline,width 2"]
                                    [--json OUT]
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -25,9 +26,21 @@ from sirius_local import LLM
 from sirius_local.bench import prefix_agreement
 from sirius_local.evaluation import tasks
 
-BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6, width=1)
+# The baseline drafts with the full output head (draft_vocab 0), so the head's settings below show what it costs.
+BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6, width=1, draft_vocab=0)
+# Environment switches a setting runs under (the draft head's subset rule is a measurement switch, not an option).
+ENV = {"vocab ids 2048": {"SIRIUS_HEAD_RULE": "ids"}}
 SWEEP = [
     ("baseline", {}),
+    ("density 0.3", {"density": 0.3}),
+    ("density 0.4", {"density": 0.4}),
+    ("vocab 512", {"draft_vocab": 512}),
+    ("vocab 2048", {"draft_vocab": 2048}),
+    ("vocab 8192", {"draft_vocab": 8192}),
+    ("vocab ids 2048", {"draft_vocab": 2048}),  # the 2048 lowest token ids instead of the prompt's top logits
+    ("vocab 2048 density 0.3", {"draft_vocab": 2048, "density": 0.3}),
+    ("vocab 2048 density 0.4", {"draft_vocab": 2048, "density": 0.4}),
+    ("vocab 2048 density 0.7", {"draft_vocab": 2048, "density": 0.7}),
     ("threshold 0.05", {"threshold": 0.05}),
     ("threshold 0.02", {"threshold": 0.02}),
     ("threshold 0.01", {"threshold": 0.01}),
@@ -83,8 +96,17 @@ def main():
             llm.reset()
             for name, change in sweep:  # sparse settings first: the first one prefills and collects Griffin's stats
                 cfg = {**BASE, **change}
-                res = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop, mode="sirius",
-                                            trace=True, **cfg)
+                saved = {k: os.environ.get(k) for k in ENV.get(name, {})}
+                os.environ.update(ENV.get(name, {}))
+                try:
+                    res = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop, mode="sirius",
+                                                trace=True, **cfg)
+                finally:
+                    for k, v in saved.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
                 acc[name]["stats"].append(res["stats"])
             dense = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop)["stats"]["token_ids"]
             for name, _ in sweep:
@@ -114,16 +136,20 @@ def main():
             "rejected_median_prob": statistics.median(rejected) if rejected else None,
             "agreement_with_dense": statistics.mean(acc[name]["agree"]),
             "effective_density": statistics.mean(st["effective_density"] for st in acc[name]["stats"]),
+            "draft_vocab_actual": statistics.mean(st["draft_vocab"] for st in acc[name]["stats"]),
+            "sparse_byte_fraction": statistics.mean(st["sparse_byte_fraction"] for st in acc[name]["stats"]),
         })
     out = {"model": a.model, "problems": len(examples), "tokens": a.tokens, "threads": a.threads, "rows": rows}
     print("| setting | K | AAL | a | AAL if independent | a needed for 14/16 | rejected within 10x of threshold | "
-          "median p(rejected) | agreement with dense | effective density |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "median p(rejected) | agreement with dense | effective density | draft vocab | step bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         med = f"{r['rejected_median_prob']:.3f}" if r["rejected_median_prob"] is not None else "-"
+        vocab = f"{r['draft_vocab_actual']:.0f}" if r["draft_vocab_actual"] else "full"
         print(f"| {r['setting']} | {r['period']} | {r['aal']:.2f} | {r['accept_rate']:.3f} | "
               f"{r['aal_if_independent']:.2f} | {r['rate_needed_for_aal_14_of_16']:.3f} | {r['rejected_near']:.2f} | "
-              f"{med} | {r['agreement_with_dense']:.2f} | {r['effective_density']:.2f} |")
+              f"{med} | {r['agreement_with_dense']:.2f} | {r['effective_density']:.2f} | {vocab} | "
+              f"{r['sparse_byte_fraction']:.3f} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(out, f, indent=2)
