@@ -81,6 +81,9 @@ struct sirius_session {
 };
 
 namespace sirius {
+// gguf_check.cpp: "" when the file's hyperparameters are safe to hand to llama.cpp (or it is not readable as GGUF,
+// which llama.cpp's loader reports), else why not, naming the key, its value and the fix.
+std::string     check_gguf_hparams(const char * path);
 // sirius.cpp
 std::string     token_piece(const llama_vocab * vocab, llama_token tok);
 int32_t         check_tokens(const sirius_session * s, const int32_t * tokens, int32_t n);

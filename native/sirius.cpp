@@ -6,6 +6,9 @@
 #include "text.h"
 
 #include <sys/stat.h>
+#ifndef _WIN32
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -36,6 +39,15 @@ int32_t sirius::fail(int32_t code, std::string msg) {
 namespace {
 
 using sirius::fail;
+
+// This machine's physical memory (0: unknown).
+double physical_memory_bytes() {
+#if defined(_SC_PHYS_PAGES) && defined(_SC_PAGE_SIZE)
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages > 0 && page > 0) return (double) pages * (double) page;
+#endif
+    return 0.0;
+}
 
 std::mutex              g_log_mutex;
 std::deque<std::string> g_log_errors;  // recent llama.cpp error lines, for error messages
@@ -163,6 +175,19 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
             return fail(SIRIUS_ERR_DECODE, "llama_decode failed (code " + std::to_string(rc) + ")" +
                                                (rc == 1 ? ": no KV cache slot for the batch" : rc == 2 ? ": aborted" : "") +
                                                (why.empty() ? "" : ": " + why));
+        }
+        if (const float * last = logits_ith(s, -1)) {
+            // Corrupt weights give NaN logits, and a NaN row would silently sample token 0 or stop.
+            for (int32_t t = 0; t < n_vocab; ++t) {
+                if (std::isnan(last[t]) || last[t] == INFINITY) {
+                    llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
+                    s->tokens.resize(n_past);
+                    s->n_dense = std::min(s->n_dense, n_past);
+                    return fail(SIRIUS_ERR_DECODE, "the model's logits are NaN or infinite at position " +
+                                                       std::to_string(n_past + start + len - 1) +
+                                                       ": its weights are probably corrupt; re-download or re-convert the model");
+                }
+            }
         }
         if (s->collect) sirius::head_collect(s, len);  // (every row is an output while collecting)
         if (logits_out) {
@@ -331,6 +356,10 @@ int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layers, int32_t 
                                            ": pass a .gguf model file or a model name from `sirius-local models list`");
         }
     }
+    {
+        const std::string why = sirius::check_gguf_hparams(path);
+        if (!why.empty()) return fail(SIRIUS_ERR_MODEL_LOAD, std::string("cannot load ") + path + ": " + why);
+    }
     ensure_backend();
     clear_log_errors();
     llama_model_params mp = llama_model_default_params();
@@ -457,12 +486,45 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     if (!out) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "out is NULL");
     *out = nullptr;
     if (!m) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "model is NULL");
-    if (n_ctx < 16) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_ctx must be >= 16, got " + std::to_string(n_ctx));
-    if (n_threads < 1 || n_threads_batch < 1) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_threads must be >= 1, got " + std::to_string(std::min(n_threads, n_threads_batch)));
+    if (n_ctx < SIRIUS_MIN_CTX || n_ctx > (uint32_t) INT32_MAX) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_ctx must be in [" + std::to_string(SIRIUS_MIN_CTX) + ", 2^31), got " +
+                                                     std::to_string(n_ctx));
+    }
+    for (int32_t t : {n_threads, n_threads_batch}) {
+        if (t < 1 || t > SIRIUS_MAX_THREADS) {
+            return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_threads must be in [1, " + std::to_string(SIRIUS_MAX_THREADS) + "], got " +
+                                                         std::to_string(t));
+        }
     }
     if (n_batch < 1) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "n_batch must be >= 1");
-    n_batch = std::min(n_batch, n_ctx);
+    // llama.cpp reserves outputs for n_batch rows, and its worst-case graph has one output per sequence
+    // (1 + 2·SIRIUS_MAX_WIDTH): a smaller batch aborts on the first decode. n_ctx >= SIRIUS_MIN_CTX holds it.
+    n_batch = std::max<uint32_t>(std::min(n_batch, n_ctx), SIRIUS_MIN_CTX);
+    {
+        // The KV cache is allocated at once (F16 K and V, every layer): refuse one that cannot fit in this machine's
+        // memory before llama.cpp tries (10^9 tokens took 52 s and 19 GB before failing).
+        const llama_model * mdl = m->model;
+        const int64_t n_head = std::max<int64_t>(1, llama_model_n_head(mdl));
+        const int64_t n_head_kv = std::max<int64_t>(1, llama_model_n_head_kv(mdl));
+        const int64_t head = std::max<int64_t>(1, llama_model_n_embd(mdl) / n_head);
+        char arch[64] = {0}, key[160], val[32];
+        int64_t dk = head, dv = head;
+        if (llama_model_meta_val_str(mdl, "general.architecture", arch, sizeof(arch)) > 0) {
+            snprintf(key, sizeof(key), "%s.attention.key_length", arch);
+            if (llama_model_meta_val_str(mdl, key, val, sizeof(val)) > 0) dk = std::max<int64_t>(1, atoll(val));
+            snprintf(key, sizeof(key), "%s.attention.value_length", arch);
+            if (llama_model_meta_val_str(mdl, key, val, sizeof(val)) > 0) dv = std::max<int64_t>(1, atoll(val));
+        }
+        const double kv_bytes = (double) n_ctx * llama_model_n_layer(mdl) * n_head_kv * (double) (dk + dv) * 2.0;
+        const double mem = physical_memory_bytes();
+        if (mem > 0 && kv_bytes > mem) {
+            char msg[320];
+            snprintf(msg, sizeof(msg), "n_ctx %u needs about %.1f GiB of KV cache, more than this machine's %.1f GiB of "
+                     "memory: use a smaller n_ctx (this model was trained for %d tokens)", n_ctx, kv_bytes / (1 << 30),
+                     mem / (1 << 30), llama_model_n_ctx_train(mdl));
+            return fail(SIRIUS_ERR_INVALID_ARGUMENT, msg);
+        }
+    }
 
     auto * s = new sirius_session;
     llama_context_params cp = llama_context_default_params();

@@ -51,6 +51,10 @@ typedef enum {
 /* Largest tree width (draft beams per period). */
 enum { SIRIUS_MAX_WIDTH = 8 };
 
+/* Session limits: the smallest context (it must hold a batch of 1 + 2·SIRIUS_MAX_WIDTH sequences' outputs, see
+   sirius_session_new), and the most threads (ggml's GGML_MAX_N_THREADS). */
+enum { SIRIUS_MIN_CTX = 32, SIRIUS_MAX_THREADS = 512 };
+
 typedef enum {
     SIRIUS_ACCEPT_RELAXED = 0,  /* the paper's rule: softmax(dense_logits / accept_temperature)[draft] >= threshold */
     SIRIUS_ACCEPT_STRICT  = 1,  /* only the dense argmax: output identical to dense greedy decoding */

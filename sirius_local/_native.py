@@ -11,6 +11,10 @@ from cffi import FFI
 
 from . import errors
 
+# A failed assertion inside ggml prints its message; without this it also attaches gdb to the host process to
+# print a backtrace (tens of lines, seconds), which a library must not do to the application that loads it.
+os.environ.setdefault("GGML_NO_BACKTRACE", "1")
+
 _LIB_NAMES = {"darwin": "libsirius.dylib", "win32": "sirius.dll"}
 LIB_NAME = _LIB_NAMES.get(sys.platform, "libsirius.so")
 

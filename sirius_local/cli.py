@@ -24,7 +24,8 @@ def _model_args(p: argparse.ArgumentParser, optional: bool) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
-    p.add_argument("--max-tokens", type=int, default=max_tokens)
+    p.add_argument("--max-tokens", type=_max_tokens, default=max_tokens,
+                   help=f"tokens to generate, 1 to 2^31-1, or 0 = to the end of the context (default {max_tokens})")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--top-p", type=float, default=0.95)
@@ -50,6 +51,16 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
                    "(1-8, greedy only; pays where a wider batch is nearly free, e.g. a GPU)")
     p.add_argument("--draft-vocab", type=int, default=None, help="sparse/sirius: tokens the drafts' trimmed output "
                    "head keeps beyond the prompt's (0 = full head; default: the engine's)")
+
+
+def _max_tokens(v: str) -> int | None:
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 2**31:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 2^31-1, or 0 for 'to the end of the context'; got {v!r}")
+    return n or None
 
 
 def _period(v: str):

