@@ -49,6 +49,21 @@ double physical_memory_bytes() {
     return 0.0;
 }
 
+// Bytes of an n_ctx-token KV cache: F16 K and V in every layer (the head sizes from GGUF metadata where given).
+double kv_cache_bytes(const llama_model * mdl, uint32_t n_ctx) {
+    const int64_t n_head = std::max<int64_t>(1, llama_model_n_head(mdl));
+    const int64_t n_head_kv = std::max<int64_t>(1, llama_model_n_head_kv(mdl));
+    int64_t dk = std::max<int64_t>(1, llama_model_n_embd(mdl) / n_head), dv = dk;
+    char arch[64] = {0}, key[160], val[32];
+    if (llama_model_meta_val_str(mdl, "general.architecture", arch, sizeof(arch)) > 0) {
+        snprintf(key, sizeof(key), "%s.attention.key_length", arch);
+        if (llama_model_meta_val_str(mdl, key, val, sizeof(val)) > 0) dk = std::max<int64_t>(1, atoll(val));
+        snprintf(key, sizeof(key), "%s.attention.value_length", arch);
+        if (llama_model_meta_val_str(mdl, key, val, sizeof(val)) > 0) dv = std::max<int64_t>(1, atoll(val));
+    }
+    return (double) n_ctx * llama_model_n_layer(mdl) * n_head_kv * (double) (dk + dv) * 2.0;
+}
+
 std::mutex              g_log_mutex;
 std::deque<std::string> g_log_errors;  // recent llama.cpp error lines, for error messages
 std::string             g_log_line;    // error line being assembled from GGML_LOG_LEVEL_CONT pieces
@@ -151,6 +166,11 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
                                                      " already held): raise n_ctx or shorten the input");
     }
     const int32_t n_vocab = s->model->n_vocab;
+    auto roll_back = [&] {
+        llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
+        s->tokens.resize(n_past);
+        s->n_dense = std::min(s->n_dense, n_past);
+    };
     clear_log_errors();
     for (int32_t start = 0; start < n; start += (int32_t) s->n_batch) {
         const int32_t len = std::min<int32_t>((int32_t) s->n_batch, n - start);
@@ -168,9 +188,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
         const int32_t rc = llama_decode(s->ctx, b);
         s->last_batch_tokens = len;
         if (rc != 0) {
-            llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
-            s->tokens.resize(n_past);
-            s->n_dense = std::min(s->n_dense, n_past);
+            roll_back();
             std::string why = take_log_errors();
             return fail(SIRIUS_ERR_DECODE, "llama_decode failed (code " + std::to_string(rc) + ")" +
                                                (rc == 1 ? ": no KV cache slot for the batch" : rc == 2 ? ": aborted" : "") +
@@ -180,9 +198,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
             // Corrupt weights give NaN logits, and a NaN row would silently sample token 0 or stop.
             for (int32_t t = 0; t < n_vocab; ++t) {
                 if (std::isnan(last[t]) || last[t] == INFINITY) {
-                    llama_memory_seq_rm(llama_get_memory(s->ctx), 0, n_past, -1);
-                    s->tokens.resize(n_past);
-                    s->n_dense = std::min(s->n_dense, n_past);
+                    roll_back();
                     return fail(SIRIUS_ERR_DECODE, "the model's logits are NaN or infinite at position " +
                                                        std::to_string(n_past + start + len - 1) +
                                                        ": its weights are probably corrupt; re-download or re-convert the model");
@@ -501,27 +517,14 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     // (1 + 2·SIRIUS_MAX_WIDTH): a smaller batch aborts on the first decode. n_ctx >= SIRIUS_MIN_CTX holds it.
     n_batch = std::max<uint32_t>(std::min(n_batch, n_ctx), SIRIUS_MIN_CTX);
     {
-        // The KV cache is allocated at once (F16 K and V, every layer): refuse one that cannot fit in this machine's
-        // memory before llama.cpp tries (10^9 tokens took 52 s and 19 GB before failing).
-        const llama_model * mdl = m->model;
-        const int64_t n_head = std::max<int64_t>(1, llama_model_n_head(mdl));
-        const int64_t n_head_kv = std::max<int64_t>(1, llama_model_n_head_kv(mdl));
-        const int64_t head = std::max<int64_t>(1, llama_model_n_embd(mdl) / n_head);
-        char arch[64] = {0}, key[160], val[32];
-        int64_t dk = head, dv = head;
-        if (llama_model_meta_val_str(mdl, "general.architecture", arch, sizeof(arch)) > 0) {
-            snprintf(key, sizeof(key), "%s.attention.key_length", arch);
-            if (llama_model_meta_val_str(mdl, key, val, sizeof(val)) > 0) dk = std::max<int64_t>(1, atoll(val));
-            snprintf(key, sizeof(key), "%s.attention.value_length", arch);
-            if (llama_model_meta_val_str(mdl, key, val, sizeof(val)) > 0) dv = std::max<int64_t>(1, atoll(val));
-        }
-        const double kv_bytes = (double) n_ctx * llama_model_n_layer(mdl) * n_head_kv * (double) (dk + dv) * 2.0;
-        const double mem = physical_memory_bytes();
+        // The KV cache is allocated at once: refuse one that cannot fit in this machine's memory before llama.cpp
+        // tries (10^9 tokens took 52 s and 19 GB before failing).
+        const double kv_bytes = kv_cache_bytes(m->model, n_ctx), mem = physical_memory_bytes();
         if (mem > 0 && kv_bytes > mem) {
             char msg[320];
             snprintf(msg, sizeof(msg), "n_ctx %u needs about %.1f GiB of KV cache, more than this machine's %.1f GiB of "
                      "memory: use a smaller n_ctx (this model was trained for %d tokens)", n_ctx, kv_bytes / (1 << 30),
-                     mem / (1 << 30), llama_model_n_ctx_train(mdl));
+                     mem / (1 << 30), llama_model_n_ctx_train(m->model));
             return fail(SIRIUS_ERR_INVALID_ARGUMENT, msg);
         }
     }

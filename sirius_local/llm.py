@@ -140,8 +140,7 @@ class LLM:
         if "_busy" not in self.__dict__:  # __init__ failed before its first line
             return
         self._closing.set()
-        for ev in list(self._streams):
-            ev.set()
+        self._preempt_streams()
         if self._gen_thread == threading.get_ident():
             return  # called from inside this thread's own generation: _run frees everything when it returns
         with self._busy:
