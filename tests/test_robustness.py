@@ -135,9 +135,7 @@ def test_ctrl_c_during_a_non_streamed_completion_raises_at_the_next_token(model_
         import os, signal, threading, time
         from sirius_local import LLM
         llm = LLM({model_path!r}, n_ctx=4096)
-        sent = []
         def interrupt():
-            sent.append(time.perf_counter())
             os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, as Ctrl-C sends
         for mode in ("dense", "sirius"):
             threading.Timer(1.0, interrupt).start()
@@ -146,16 +144,16 @@ def test_ctrl_c_during_a_non_streamed_completion_raises_at_the_next_token(model_
                 llm.create_completion("Once upon a time", max_tokens=4000, ignore_eos=True, mode=mode)
                 print(mode, "finished", time.perf_counter() - t0)
             except KeyboardInterrupt:
-                print(mode, "interrupted after", round(time.perf_counter() - sent[-1], 3), flush=True)
+                print(mode, "interrupted holding", llm.n_tokens, flush=True)  # prompt + tokens decoded before it
         print("usable:", llm.create_completion("The capital of France is", max_tokens=3)["usage"]["completion_tokens"])
     """, timeout=300)
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr[-2000:])
     assert "Exception ignored" not in r.stderr
     lines = r.stdout.splitlines()
     for mode, line in zip(("dense", "sirius"), lines):
-        assert line.startswith(f"{mode} interrupted after"), r.stdout
-        # within one token (SmolLM2 decodes one in ~20 ms here; one Sirius period is a few): generous bound
-        assert float(line.split()[-1]) < 2.0, line
+        assert line.startswith(f"{mode} interrupted holding"), r.stdout
+        # cancelled where the signal landed (~1 s of decoding), not at the 4000-token limit
+        assert int(line.split()[-1]) < 1500, line
     assert lines[-1] == "usable: 3"
 
 
@@ -184,11 +182,11 @@ def test_an_abandoned_stream_is_cancelled_by_the_next_call(model_path):
     with LLM(model_path) as llm:
         it = llm.create_completion("Once upon a time", max_tokens=2000, ignore_eos=True, stream=True)
         next(it)
-        t0 = time.perf_counter()
         out = llm.create_completion("The capital of France is", max_tokens=3)
-        assert time.perf_counter() - t0 < 5.0  # not the ~30 s the stream's 2000 tokens take
         assert out["usage"]["completion_tokens"] == 3
-        assert [c["choices"][0]["finish_reason"] for c in it][-1] == "cancelled"
+        last = list(it)[-1]
+        assert last["choices"][0]["finish_reason"] == "cancelled"
+        assert last["usage"]["completion_tokens"] < 1000  # stopped by the call, not run on to its 2000 tokens
 
 
 def test_resource_caps(model_path):
@@ -196,11 +194,9 @@ def test_resource_caps(model_path):
         LLM(model_path, n_threads=10**4)
     with pytest.raises(InvalidParameterError, match="n_threads_batch"):
         LLM(model_path, n_threads_batch=max_threads() + 1)
-    t0 = time.perf_counter()
     with pytest.warns(RuntimeWarning, match="above the 8192 tokens"):
-        with pytest.raises(InvalidParameterError, match="GiB of KV cache"):
+        with pytest.raises(InvalidParameterError, match="GiB of KV cache"):  # the estimate's refusal, before llama.cpp allocates
             LLM(model_path, n_ctx=10**9)
-    assert time.perf_counter() - t0 < 20  # refused before allocating (it took 52 s and 19 GB)
     with pytest.warns(RuntimeWarning, match="above the 8192 tokens"):
         with LLM(model_path, n_ctx=8192 * 2) as llm:
             assert llm.n_ctx() == 16384
