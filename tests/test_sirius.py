@@ -270,18 +270,21 @@ def test_error_in_callback_mid_period_leaves_session_usable(llm):
 
 
 def test_auto_period_drafts_only_where_it_pays(llm):
-    # auto measures this session's dense cost curve, then drafts only where its cost model says it pays; on
-    # SmolLM2 here verifying costs several decode steps, so it decodes densely and says so.
+    # auto measures this session's dense cost curve, then drafts only where its cost model says it pays. Which
+    # of the three outcomes a machine gets depends on its measured costs: drafting, dense for good (said), or
+    # dense until the first probe is due.
     text, fin, st = run(llm, "chat", "What is the capital of France?", None, mode="sirius", period="auto",
                         acceptance="strict", density=DENSITY)
     d_text, d_fin, d_st = run(llm, "chat", "What is the capital of France?", None)
     assert st["token_ids"] == d_st["token_ids"]
     assert st["period"] == "auto" and st["dense_step_ms"] > 0
-    if st["auto_dense"]:
+    if st["periods"] == 0:
         # Every token after the first came from one dense step (an end-of-generation token is not counted).
-        assert st["periods"] == 0 and st["dense_steps"] == st["completion_tokens"] - (fin == "length")
-    else:
-        assert st["periods"] > 0
+        assert st["dense_steps"] == st["completion_tokens"] - (fin == "length")
+        if not st["auto_dense"]:
+            # The measured costs said drafting does not pay at the prior acceptance but might at a better one:
+            # the loop decodes densely and probes after 32 dense steps, so this call ended before a probe.
+            assert st["dense_steps"] < 32
 
 
 def test_measure_verify_leaves_session_unchanged(llm):
