@@ -8,6 +8,8 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <atomic>
+#include <map>
 #include <vector>
 
 #include <chrono>
@@ -33,6 +35,13 @@ struct sirius_model {
 struct sirius_session {
     sirius_model *           model = nullptr;
     llama_context *          ctx = nullptr;
+    // CPU threads (cpu_budget.cpp): the session's own ggml threadpools, one per thread count in use, attached to
+    // ctx. n_threads / n_threads_batch as created are the most it uses; sirius_session_set_threads asks for
+    // fewer (from any thread), which the next decode applies.
+    std::map<int32_t, ggml_threadpool *> pools;
+    int32_t                  n_threads_cfg = 1, n_threads_batch_cfg = 1;
+    int32_t                  n_threads_cur = 1, n_threads_batch_cur = 1;
+    std::atomic<int32_t>     want_threads{1}, want_threads_batch{1};
     llama_batch              batch{};
     uint32_t                 n_ctx = 0;    // the limit the caller asked for (llama.cpp pads its own up)
     uint32_t                 n_batch = 0;
@@ -90,6 +99,12 @@ int32_t         check_tokens(const sirius_session * s, const int32_t * tokens, i
 // Decodes tokens at positions n_past.. in chunks of n_batch; rows: all (logits_all) or the last. On failure the
 // session is rolled back to where it was.
 int32_t         decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logits_all, float * logits_out);
+// cpu_budget.cpp: llama_decode once the process's CPUs have room for this session's threads (sessions take
+// turns past that). Every decode goes through it.
+int32_t         budgeted_decode(sirius_session * s, const llama_batch & b);
+// cpu_budget.cpp: the session's threadpools, made and attached (false: threads could not start) / freed.
+bool            threads_init(sirius_session * s, int32_t n_threads, int32_t n_threads_batch);
+void            threads_free(sirius_session * s);
 void            truncate_to(sirius_session * s, int32_t n_keep);
 int32_t         check_sampling(const sirius_sampling & sp);
 llama_sampler * make_sampler(const sirius_sampling & sp);

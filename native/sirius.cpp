@@ -185,7 +185,7 @@ int32_t decode(sirius_session * s, const int32_t * tokens, int32_t n, bool logit
             // layer only for output rows, and the statistic needs every prompt token in every layer.
             b.logits[i] = logits_all || (start + i == n - 1) || s->collect;
         }
-        const int32_t rc = llama_decode(s->ctx, b);
+        const int32_t rc = budgeted_decode(s, b);
         s->last_batch_tokens = len;
         if (rc != 0) {
             roll_back();
@@ -409,6 +409,7 @@ void sirius_model_free(sirius_model * model) {
 
 int32_t sirius_model_n_vocab(const sirius_model * m) { return m ? m->n_vocab : 0; }
 int32_t sirius_model_n_ctx_train(const sirius_model * m) { return m ? llama_model_n_ctx_train(m->model) : 0; }
+double sirius_model_kv_cache_bytes(const sirius_model * m, uint32_t n_ctx) { return m ? kv_cache_bytes(m->model, n_ctx) : 0.0; }
 int32_t sirius_model_n_layer(const sirius_model * m) { return m ? llama_model_n_layer(m->model) : 0; }
 int32_t sirius_model_n_embd(const sirius_model * m) { return m ? llama_model_n_embd(m->model) : 0; }
 int64_t sirius_model_n_params(const sirius_model * m) { return m ? (int64_t) llama_model_n_params(m->model) : 0; }
@@ -551,6 +552,11 @@ int32_t sirius_session_new(sirius_model * m, uint32_t n_ctx, int32_t n_threads, 
     }
     s->model = m;
     s->ctx = ctx;
+    if (!sirius::threads_init(s, n_threads, n_threads_batch)) {
+        sirius_session_free(s);
+        return fail(SIRIUS_ERR_MODEL_LOAD, "could not start " + std::to_string(std::max(n_threads, n_threads_batch)) +
+                                               " CPU worker threads");
+    }
     s->n_ctx = std::min(n_ctx, llama_n_ctx(ctx));
     s->n_batch = n_batch;
     s->batch = llama_batch_init((int32_t) n_batch, 0, 1);
@@ -562,7 +568,8 @@ void sirius_session_free(sirius_session * s) {
     if (!s) return;
     sirius::sparse_release(s);
     llama_batch_free(s->batch);
-    llama_free(s->ctx);
+    if (s->ctx) llama_free(s->ctx);  // (before the threadpools it uses)
+    sirius::threads_free(s);
     delete s;
 }
 

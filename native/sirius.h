@@ -193,6 +193,8 @@ SIRIUS_API int32_t sirius_model_load_opts(const char * path, int32_t n_gpu_layer
 SIRIUS_API void    sirius_model_free(sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_vocab(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_ctx_train(const sirius_model * model);
+/* Bytes of one session's KV cache at n_ctx tokens (F16 K and V in every layer): what each server slot costs. */
+SIRIUS_API double sirius_model_kv_cache_bytes(const sirius_model * model, uint32_t n_ctx);
 SIRIUS_API int32_t sirius_model_n_layer(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_n_embd(const sirius_model * model);
 SIRIUS_API int64_t sirius_model_n_params(const sirius_model * model);
@@ -230,6 +232,9 @@ SIRIUS_API int32_t  sirius_session_new(sirius_model * model, uint32_t n_ctx, int
                                        int32_t n_threads_batch, uint32_t n_batch, sirius_session ** out);
 SIRIUS_API void     sirius_session_free(sirius_session * session);
 SIRIUS_API uint32_t sirius_session_n_ctx(const sirius_session * session);
+/* Use fewer of the session's CPU threads (1..its own n_threads / n_threads_batch) from the next decode on, e.g.
+ * while other sessions compute beside it. Safe to call from any thread, during a generation too. */
+SIRIUS_API int32_t  sirius_session_set_threads(sirius_session * session, int32_t n_threads, int32_t n_threads_batch);
 SIRIUS_API int32_t  sirius_session_n_past(const sirius_session * session);
 /* Copies the tokens held in the KV cache (up to n_max) and returns how many there are. */
 SIRIUS_API int32_t  sirius_session_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);

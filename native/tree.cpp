@@ -66,7 +66,7 @@ int32_t decode_nodes(sirius_session * s, llama_batch & b, const std::vector<llam
         std::copy(seqs[i].begin(), seqs[i].end(), b.seq_id[i]);
         b.logits[i] = logits;
     }
-    const int32_t rc = llama_decode(s->ctx, b);
+    const int32_t rc = budgeted_decode(s, b);
     s->last_batch_tokens = b.n_tokens;
     if (rc != 0) return fail(SIRIUS_ERR_DECODE, "llama_decode failed on a draft tree (code " + std::to_string(rc) + ")");
     return SIRIUS_OK;

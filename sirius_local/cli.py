@@ -1,9 +1,10 @@
-"""The `sirius-local` command: chat, generate, bench, calibrate, models."""
+"""The `sirius-local` command: chat, generate, serve, bench, calibrate, eval, models."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,6 +111,37 @@ def cmd_chat(a) -> int:
         return run_chat(llm, system=a.system, sampling=_sampling(a))
 
 
+def cmd_serve(a) -> int:
+    from .server import serve
+
+    serve(a.model, host=a.host, port=a.port, parallel=a.parallel, queue=a.queue,
+          api_key=a.api_key or os.environ.get("SIRIUS_API_KEY") or None, alias=a.alias, n_ctx=a.n_ctx,
+          n_threads=a.threads, n_gpu_layers=a.n_gpu_layers, max_body_bytes=a.max_body_bytes, verbose=a.verbose)
+    return 0
+
+
+def _port(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {v!r}")
+    return n
+
+
+def _count(lo: int, hi: int):
+    def parse(v: str) -> int:
+        try:
+            n = int(v)
+        except ValueError:
+            n = lo - 1
+        if not lo <= n <= hi:
+            raise argparse.ArgumentTypeError(f"must be an integer from {lo} to {hi}, got {v!r}")
+        return n
+    return parse
+
+
 def _densities(v: str) -> list[float]:
     try:
         return [float(x) for x in v.split(",") if x.strip()]
@@ -211,6 +243,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="append", help="stop string (repeatable)")
     p.add_argument("--json", action="store_true", help="print stats as JSON on stderr")
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions) "
+                       "with parallel slots over one loaded model (needs the server extra)")
+    _model_args(p, optional=True)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
+    p.add_argument("--parallel", type=_count(1, 256), default=1,
+                   help="slots: requests served at once, each with its own --n-ctx KV cache (default 1)")
+    p.add_argument("--queue", type=_count(0, 1_000_000), default=16,
+                   help="requests that may wait for a slot; past that the answer is 503 (default 16)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set SIRIUS_API_KEY)")
+    p.add_argument("--alias", default=None, help="the model id clients use (default: its name or file stem)")
+    p.add_argument("--max-body-bytes", type=_count(1024, 2**31 - 1), default=8 * 2**20,
+                   help="largest request body; larger is a 413 (default 8 MiB)")
+    p.set_defaults(func=cmd_serve)
 
     from .bench import add_parser as add_bench
 

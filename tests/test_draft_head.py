@@ -21,7 +21,7 @@ def toks(llm):
 def eog_tokens(llm) -> set[int]:
     from sirius_local._native import lib
 
-    return {t for t in range(llm.n_vocab()) if lib.sirius_model_is_eog(llm._model, t)}
+    return {t for t in range(llm.n_vocab()) if lib.sirius_model_is_eog(llm._weights.ptr, t)}
 
 
 def test_subset_is_the_rule(llm, toks):

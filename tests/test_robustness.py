@@ -189,6 +189,28 @@ def test_an_abandoned_stream_is_cancelled_by_the_next_call(model_path):
         assert last["usage"]["completion_tokens"] < 1000  # stopped by the call, not run on to its 2000 tokens
 
 
+def test_a_session_call_cancels_a_paused_stream(model_path):
+    # A stream is lazy (its generation waits for the consumer between pieces): a session call from the same
+    # thread would wait forever on a consumer that is itself, so it cancels the stream instead.
+    with LLM(model_path) as llm:
+        it = llm.create_completion("Once upon a time", max_tokens=2000, ignore_eos=True, stream=True)
+        next(it)
+        done = threading.Event()
+        box = {}
+
+        def call():
+            box["tokens"] = llm.tokens
+            done.set()
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        assert done.wait(60), "a session call waited on a paused stream"
+        last = list(it)[-1]
+        assert last["choices"][0]["finish_reason"] == "cancelled" and last["usage"]["completion_tokens"] < 1000
+        assert len(box["tokens"]) >= len(llm.tokenize("Once upon a time"))
+        assert llm.create_completion("Hi", max_tokens=3)["usage"]["completion_tokens"] == 3
+
+
 def test_resource_caps(model_path):
     with pytest.raises(InvalidParameterError, match="n_threads must be an integer in"):
         LLM(model_path, n_threads=10**4)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from sirius_local import LLM
+from sirius_local import LLM, InvalidParameterError, SiriusError
 
 LONG = ("Sirius drafts tokens with a sparse model and lets the full model check them in one batch. "
         "The cache is rolled back past the first rejected draft and the full model writes its own token there. ")
@@ -200,3 +200,36 @@ def test_sigint_during_chat_stream_releases_session(llm, delay):
     stream.close()
     out = llm.create_chat_completion([{"role": "user", "content": "Say hi."}], max_tokens=8)
     assert out["choices"][0]["message"]["content"]
+
+
+def test_sessions_share_one_model(model_path):
+    base = LLM(model_path, n_ctx=256)
+    other = base.session(n_ctx=128)
+    try:
+        assert other.n_ctx() == 128 and other.n_threads == base.n_threads and other.model_path == base.model_path
+        assert other.kv_cache_bytes() * 2 == base.kv_cache_bytes()
+        ref = base.create_completion("The capital of France is", max_tokens=8)["stats"]["token_ids"]
+        base.close()  # the weights stay while a session over them is open
+        assert other.create_completion("The capital of France is", max_tokens=8)["stats"]["token_ids"] == ref
+        with pytest.raises(SiriusError, match="closed"):
+            base.tokenize("x")
+    finally:
+        other.close()
+        base.close()
+    with pytest.raises(SiriusError, match="closed"):
+        other.create_completion("Hi", max_tokens=2)
+
+
+def test_set_threads_changes_speed_not_output(llm):
+    llm.reset()
+    ref = llm.create_completion("Once upon a time", max_tokens=24)["stats"]["token_ids"]
+    try:
+        llm.set_threads(1)
+        llm.reset()
+        st = llm.create_completion("Once upon a time", max_tokens=24)["stats"]
+        assert st["token_ids"] == ref  # ggml splits rows over threads: the sums do not depend on how many
+    finally:
+        llm.set_threads(llm.n_threads)
+    for bad in (0, llm.n_threads + 1, 1.5):
+        with pytest.raises(InvalidParameterError, match="n_threads"):
+            llm.set_threads(bad)

@@ -1,0 +1,70 @@
+"""Does a host app's threading slow decoding? Dense greedy tokens/s (the engine's own figure) of one LLM, three
+ways, interleaved over --repeats: a plain call; a stream (its C loop on a worker thread, a consumer thread
+taking each piece); a plain call while another live thread has once run a generation on a second session.
+
+Run it against another build's libraries with SIRIUS_LOCAL_LIB_DIR=.../sirius_local/lib (e.g. the OpenMP
+variant, -DSIRIUS_GGML_OPENMP=ON) to compare builds side by side.
+
+  python benchmarks/stream_threads.py smollm2-135m-instruct --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+
+from sirius_local import LLM, registry
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", nargs="?", default=registry.DEFAULT_MODEL)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    llm = LLM(a.model, n_ctx=1024, n_threads=a.threads)
+    kw = dict(max_tokens=a.tokens, ignore_eos=True, temperature=0)
+    prompt = "Once upon a time"
+
+    def plain() -> float:
+        return llm.create_completion(prompt, **kw)["stats"]["tokens_per_second"]
+
+    def streamed() -> float:
+        stats = None
+        for c in llm.create_completion(prompt, stream=True, **kw):
+            stats = c.get("stats", stats)
+        return stats["tokens_per_second"]
+
+    other = llm.session()
+    release = threading.Event()
+    ran = threading.Event()
+
+    def bystander() -> None:  # runs one generation, then stays alive (idle) until the end
+        other.create_completion(prompt, max_tokens=4)
+        ran.set()
+        release.wait()
+
+    plain()  # warm-up
+    results = {"plain": [], "stream": []}
+    for _ in range(a.repeats):
+        results["plain"].append(plain())
+        results["stream"].append(streamed())
+    t = threading.Thread(target=bystander)
+    t.start()
+    ran.wait()
+    results["plain, another thread alive"] = [plain() for _ in range(a.repeats)]
+    release.set()
+    t.join()
+    other.close()
+    lib = os.environ.get("SIRIUS_LOCAL_LIB_DIR", "installed")
+    print(f"{a.model}, {a.threads} threads, {a.tokens} tokens, libraries: {lib}")
+    for k, v in results.items():
+        print(f"  {k:30} {statistics.median(v):7.1f} tok/s  (min {min(v):.1f}, max {max(v):.1f})")
+    llm.close()
+
+
+if __name__ == "__main__":
+    main()
