@@ -6,6 +6,9 @@ Run it against another build's libraries with SIRIUS_LOCAL_LIB_DIR=.../sirius_lo
 variant, -DSIRIUS_GGML_OPENMP=ON) to compare builds side by side.
 
   python benchmarks/stream_threads.py smollm2-135m-instruct --threads 2
+
+--polls 0,1,50 instead compares ggml's worker poll levels (SIRIUS_POLL, read when a session is made): one
+session per level in this process, plain calls interleaved, 0.3 s apart so one's idle workers stop first.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--polls", default=None, help="compare these poll levels instead, e.g. 0,1,50")
     a = ap.parse_args()
+    if a.polls:
+        return compare_polls(a)
     llm = LLM(a.model, n_ctx=1024, n_threads=a.threads)
     kw = dict(max_tokens=a.tokens, ignore_eos=True, temperature=0)
     prompt = "Once upon a time"
@@ -64,6 +70,25 @@ def main() -> None:
     for k, v in results.items():
         print(f"  {k:30} {statistics.median(v):7.1f} tok/s  (min {min(v):.1f}, max {max(v):.1f})")
     llm.close()
+
+
+def compare_polls(a) -> None:
+    import time
+
+    sessions = {}
+    for level in a.polls.split(","):
+        os.environ["SIRIUS_POLL"] = level.strip()
+        sessions[level.strip()] = LLM(a.model, n_ctx=1024, n_threads=a.threads)
+    got = {k: [] for k in sessions}
+    for _ in range(a.repeats):
+        for k, llm in sessions.items():
+            time.sleep(0.3)
+            got[k].append(llm.create_completion("Once upon a time", max_tokens=a.tokens, ignore_eos=True)
+                          ["stats"]["tokens_per_second"])
+    print(f"{a.model}, {a.threads} threads, {a.tokens} tokens: " +
+          ", ".join(f"poll {k}: {statistics.median(v):.1f} tok/s" for k, v in got.items()))
+    for llm in sessions.values():
+        llm.close()
 
 
 if __name__ == "__main__":
