@@ -574,6 +574,15 @@ void sirius_session_free(sirius_session * s) {
 }
 
 uint32_t sirius_session_n_ctx(const sirius_session * s) { return s ? s->n_ctx : 0; }
+
+int32_t sirius_session_check_prompt(const sirius_session * s, int32_t n_prompt) {
+    if (!s) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    if (n_prompt > 0 && (uint32_t) n_prompt > s->n_ctx) {
+        return fail(SIRIUS_ERR_CONTEXT_OVERFLOW, "the prompt has " + std::to_string(n_prompt) + " tokens but the context holds " +
+                                                     std::to_string(s->n_ctx) + ": raise n_ctx or shorten the prompt");
+    }
+    return SIRIUS_OK;
+}
 int32_t  sirius_session_n_past(const sirius_session * s) { return s ? (int32_t) s->tokens.size() : 0; }
 
 int32_t sirius_session_tokens(const sirius_session * s, int32_t * tokens, int32_t n_max) {
@@ -637,10 +646,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
         stops.emplace_back(params->stop[i]);
     }
     if (int32_t rc = check_tokens(s, prompt, n_prompt)) return rc;
-    if ((uint32_t) n_prompt > s->n_ctx) {
-        return fail(SIRIUS_ERR_CONTEXT_OVERFLOW, "the prompt has " + std::to_string(n_prompt) + " tokens but the context holds " +
-                                                     std::to_string(s->n_ctx) + ": raise n_ctx or shorten the prompt");
-    }
+    if (int32_t rc = sirius_session_check_prompt(s, n_prompt)) return rc;
 
     sirius_generate_result res{};
     res.n_prompt = n_prompt;

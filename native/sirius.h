@@ -232,6 +232,9 @@ SIRIUS_API int32_t  sirius_session_new(sirius_model * model, uint32_t n_ctx, int
                                        int32_t n_threads_batch, uint32_t n_batch, sirius_session ** out);
 SIRIUS_API void     sirius_session_free(sirius_session * session);
 SIRIUS_API uint32_t sirius_session_n_ctx(const sirius_session * session);
+/* SIRIUS_ERR_CONTEXT_OVERFLOW if a prompt of n_prompt tokens cannot fit in the context (what sirius_generate
+ * checks first), so a caller can refuse it before it starts. */
+SIRIUS_API int32_t  sirius_session_check_prompt(const sirius_session * session, int32_t n_prompt);
 /* Use fewer of the session's CPU threads (1..its own n_threads / n_threads_batch) from the next decode on, e.g.
  * while other sessions compute beside it. Safe to call from any thread, during a generation too. */
 SIRIUS_API int32_t  sirius_session_set_threads(sirius_session * session, int32_t n_threads, int32_t n_threads_batch);

@@ -120,24 +120,14 @@ def cmd_serve(a) -> int:
     return 0
 
 
-def _port(v: str) -> int:
-    try:
-        n = int(v)
-    except ValueError:
-        n = -1
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, got {v!r}")
-    return n
-
-
-def _count(lo: int, hi: int):
+def _count(lo: int, hi: int, what: str = "an integer"):
     def parse(v: str) -> int:
         try:
             n = int(v)
         except ValueError:
             n = lo - 1
         if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"must be an integer from {lo} to {hi}, got {v!r}")
+            raise argparse.ArgumentTypeError(f"must be {what} from {lo} to {hi}, got {v!r}")
         return n
     return parse
 
@@ -244,19 +234,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print stats as JSON on stderr")
     p.set_defaults(func=cmd_generate)
 
+    from .server import limits
+
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions) "
                        "with parallel slots over one loaded model (needs the server extra)")
     _model_args(p, optional=True)
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=_port, default=8080, help="TCP port (default 8080)")
-    p.add_argument("--parallel", type=_count(1, 256), default=1,
+    p.add_argument("--host", default=limits.DEFAULT_HOST, help=f"address to bind (default {limits.DEFAULT_HOST}: "
+                   "this machine only)")
+    p.add_argument("--port", type=_count(0, 65535, "a TCP port"), default=limits.DEFAULT_PORT,
+                   help=f"TCP port (default {limits.DEFAULT_PORT})")
+    p.add_argument("--parallel", type=_count(1, limits.MAX_PARALLEL), default=1,
                    help="slots: requests served at once, each with its own --n-ctx KV cache (default 1)")
-    p.add_argument("--queue", type=_count(0, 1_000_000), default=16,
-                   help="requests that may wait for a slot; past that the answer is 503 (default 16)")
+    p.add_argument("--queue", type=_count(0, limits.MAX_QUEUE), default=limits.DEFAULT_QUEUE,
+                   help=f"requests that may wait for a slot; past that the answer is 503 (default {limits.DEFAULT_QUEUE})")
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set SIRIUS_API_KEY)")
     p.add_argument("--alias", default=None, help="the model id clients use (default: its name or file stem)")
-    p.add_argument("--max-body-bytes", type=_count(1024, 2**31 - 1), default=8 * 2**20,
-                   help="largest request body; larger is a 413 (default 8 MiB)")
+    p.add_argument("--max-body-bytes", type=_count(limits.MIN_MAX_BODY_BYTES, 2**31 - 1),
+                   default=limits.DEFAULT_MAX_BODY_BYTES,
+                   help=f"largest request body; larger is a 413 (default {limits.DEFAULT_MAX_BODY_BYTES // 2**20} MiB)")
     p.set_defaults(func=cmd_serve)
 
     from .bench import add_parser as add_bench

@@ -549,6 +549,8 @@ class LLM:
         _int_in("top_k", top_k, 0, INT32_MAX, " (0 = off)")
         _require(isinstance(top_p, (int, float)) and 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p!r}")
         _require(isinstance(min_p, (int, float)) and 0 <= min_p < 1, f"min_p must be in [0, 1), got {min_p!r}")
+        with self._use_model():  # a prompt that cannot fit is refused now, before a stream starts
+            check(lib.sirius_session_check_prompt(self._live(), n_prompt))
         if max_tokens is None or (_is_int(max_tokens) and max_tokens <= 0):
             max_tokens = max(1, self.n_ctx() - n_prompt)  # llama-cpp-python: up to the end of the context
         _int_in("max_tokens", max_tokens, 1, INT32_MAX, " (or None / <= 0: to the end of the context)")

@@ -252,6 +252,10 @@ def test_error_inside_a_stream_keeps_the_server(server):
     got, _h, out = request(server["port"], "POST", "/v1/chat/completions",
                            {"messages": [{"role": "user", "content": "hi"}], "stream": True, "top_p": 0}, AUTH)
     assert got == 400 and "top_p" in out["error"]["message"]
+    # So is a prompt that cannot fit (the engine's own check, made before the stream starts).
+    got, _h, out = request(server["port"], "POST", "/v1/completions", {"prompt": "hello " * 1100, "stream": True},
+                           AUTH)
+    assert got == 400 and out["error"]["code"] == "context_length_exceeded"
 
 
 # ----- slots: disconnects, the queue, load ------------------------------------------------------------------------

@@ -27,10 +27,10 @@ from .. import __version__
 from ..errors import (CalibrationMissingError, ContextOverflowError, InvalidParameterError, SiriusError,
                       UnsupportedError)
 from ..llm import LLM
+from .limits import DEFAULT_MAX_BODY_BYTES, DEFAULT_QUEUE, MAX_PARALLEL, MAX_QUEUE, MIN_MAX_BODY_BYTES
 from .schema import DEFAULT_COMPLETION_MAX_TOKENS, ChatRequest, CompletionRequest
 from .slots import QueueFull, SlotPool
 
-DEFAULT_MAX_BODY_BYTES = 8 * 2**20  # far above any prompt that fits a context; a bigger body is a 413
 RETRY_AFTER_S = 1
 
 _STATUS_TYPE = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
@@ -106,16 +106,17 @@ def model_id_for(model_path: str, name: str | None) -> str:
     return Path(model_path).stem
 
 
-def create_app(llm: LLM, *, parallel: int = 1, queue: int = 16, api_key: str | None = None,
+def create_app(llm: LLM, *, parallel: int = 1, queue: int = DEFAULT_QUEUE, api_key: str | None = None,
                model_id: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     """The ASGI app serving `llm`'s model through `parallel` slots: `llm` itself and parallel - 1 sessions over
     its weights (LLM.session), which the app closes on shutdown (the caller closes `llm`)."""
-    if not (isinstance(parallel, int) and 1 <= parallel <= 256):
-        raise InvalidParameterError(f"parallel must be an integer from 1 to 256, got {parallel!r}")
-    if not (isinstance(queue, int) and queue >= 0):
-        raise InvalidParameterError(f"queue must be an integer >= 0 (0: refuse when every slot is busy), got {queue!r}")
-    if not (isinstance(max_body_bytes, int) and max_body_bytes >= 1024):
-        raise InvalidParameterError(f"max_body_bytes must be an integer >= 1024, got {max_body_bytes!r}")
+    if not (isinstance(parallel, int) and 1 <= parallel <= MAX_PARALLEL):
+        raise InvalidParameterError(f"parallel must be an integer from 1 to {MAX_PARALLEL}, got {parallel!r}")
+    if not (isinstance(queue, int) and 0 <= queue <= MAX_QUEUE):
+        raise InvalidParameterError(f"queue must be an integer from 0 to {MAX_QUEUE} (0: refuse when every slot is "
+                                    f"busy), got {queue!r}")
+    if not (isinstance(max_body_bytes, int) and max_body_bytes >= MIN_MAX_BODY_BYTES):
+        raise InvalidParameterError(f"max_body_bytes must be an integer >= {MIN_MAX_BODY_BYTES}, got {max_body_bytes!r}")
     extra: list[LLM] = []
     try:
         for _ in range(parallel - 1):
@@ -138,7 +139,6 @@ def create_app(llm: LLM, *, parallel: int = 1, queue: int = 16, api_key: str | N
                 s.close()
 
     app = FastAPI(title="sirius-local", version=__version__, lifespan=lifespan)
-    app.state.pool = pool
     app.add_middleware(BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(ApiError)
@@ -209,12 +209,12 @@ def create_app(llm: LLM, *, parallel: int = 1, queue: int = 16, api_key: str | N
         check_model(name)
         return model_card()
 
-    def reshape(obj: dict, stats_to: dict | None = None) -> dict:
+    def reshape(obj: dict) -> dict:
         """The LLM's chunk or response as OpenAI's: our model id; the engine's stats under `sirius`."""
         obj["model"] = mid
         stats = obj.pop("stats", None)
         if stats is not None:
-            (stats_to if stats_to is not None else obj)["sirius"] = stats
+            obj["sirius"] = stats
         return obj
 
     async def generate(req, tokens: list[int], call: Callable[..., Any]):
@@ -227,7 +227,7 @@ def create_app(llm: LLM, *, parallel: int = 1, queue: int = 16, api_key: str | N
                 await pool.release(slot)
             return reshape(out)
         try:
-            # Parameters are checked here, before the response starts: a bad one is still a 400.
+            # Parameters (and whether the prompt fits) are checked here, before the response starts: still a 400.
             it = await anyio.to_thread.run_sync(functools.partial(call, slot.llm, stream=True))
         except BaseException:
             await pool.release(slot)
@@ -296,18 +296,11 @@ def create_app(llm: LLM, *, parallel: int = 1, queue: int = 16, api_key: str | N
         finally:
             await hand_back()
 
-    def too_long(tokens: list[int]) -> None:
-        n_ctx = llm.n_ctx()
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(f"the prompt has {len(tokens)} tokens but each slot's context holds {n_ctx}: "
-                                       f"shorten the prompt, or restart the server with a larger --n-ctx")
-
     @app.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(req: CompletionRequest):
         check_model(req.model)
         kw = req.generation_kwargs(DEFAULT_COMPLETION_MAX_TOKENS)
         tokens = await anyio.to_thread.run_sync(llm.prompt_tokens, req.prompt_value())
-        too_long(tokens)
         return await generate(req, tokens, lambda s, stream: s.create_completion(tokens, stream=stream, **kw))
 
     @app.post("/v1/chat/completions", dependencies=[Depends(auth)])
@@ -316,7 +309,6 @@ def create_app(llm: LLM, *, parallel: int = 1, queue: int = 16, api_key: str | N
         kw = req.generation_kwargs(None)
         messages = req.message_dicts()
         tokens = await anyio.to_thread.run_sync(llm.chat_tokens, messages)
-        too_long(tokens)
         return await generate(req, tokens, lambda s, stream: s.create_chat_completion(messages, stream=stream, **kw))
 
     return app
