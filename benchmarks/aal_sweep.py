@@ -29,7 +29,9 @@ from sirius_local.evaluation import tasks
 # The baseline drafts with the full output head (draft_vocab 0), so the head's settings below show what it costs.
 BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6, width=1, draft_vocab=0)
 # Environment switches a setting runs under (the draft head's subset rule is a measurement switch, not an option).
-ENV = {"vocab ids 2048": {"SIRIUS_HEAD_RULE": "ids"}}
+ENV = {"vocab ids 2048": {"SIRIUS_HEAD_RULE": "ids"},
+       # top-k on 32/256-neuron groups (the path of GPU-offloaded layers), for the granularity comparison
+       **{f"top-k groups {d}": {"SIRIUS_PER_TOKEN_GROUPS": "1"} for d in ("0.3", "0.5", "0.7")}}
 SWEEP = [
     ("baseline", {}),
     ("density 0.3", {"density": 0.3}),
@@ -51,6 +53,15 @@ SWEEP = [
     ("density 0.8", {"density": 0.8}),
     ("density 0.9", {"density": 0.9}),
     ("top-k 0.5", {"sparsity": "topk"}),
+    ("top-k 0.3", {"sparsity": "topk", "density": 0.3}),
+    ("top-k 0.7", {"sparsity": "topk", "density": 0.7}),
+    ("top-k groups 0.3", {"sparsity": "topk", "density": 0.3}),
+    ("top-k groups 0.5", {"sparsity": "topk", "density": 0.5}),
+    ("top-k groups 0.7", {"sparsity": "topk", "density": 0.7}),
+    # per-token thresholds (CATS on single neurons; `sirius-local calibrate MODEL --density 0.3,0.5,0.7` first)
+    ("cats 0.3", {"sparsity": "threshold", "density": 0.3}),
+    ("cats 0.5", {"sparsity": "threshold", "density": 0.5}),
+    ("cats 0.7", {"sparsity": "threshold", "density": 0.7}),
     ("width 2", {"width": 2}),  # the paper's 15.22/16 is at its best width, 8
     ("width 4", {"width": 4}),
     ("width 8", {"width": 8}),

@@ -75,7 +75,10 @@ std::vector<int32_t> head_subset(const sirius_session * s, int32_t n) {
         if (llama_vocab_is_eog(s->model->vocab, t)) mark[t] = 1;
     }
     const char * rule = getenv("SIRIUS_HEAD_RULE");
-    const bool by_logit = s->head_rows > 0 && (int32_t) s->head_max.size() == n_vocab && !(rule && strcmp(rule, "ids") == 0);
+    // Only Griffin's own prefill collects it for this prompt: a statistic left by an earlier Griffin run would
+    // make a top-k or threshold draft depend on what ran before.
+    const bool griffin = s->sparse && s->sparse->sparsity == SIRIUS_SPARSITY_GRIFFIN;
+    const bool by_logit = griffin && s->head_rows > 0 && (int32_t) s->head_max.size() == n_vocab && !(rule && strcmp(rule, "ids") == 0);
     const int32_t m = std::min(n, n_vocab);
     if (by_logit) {
         std::vector<int32_t> order(n_vocab);

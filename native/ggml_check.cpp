@@ -4,6 +4,7 @@
 
 #include "sirius.h"
 #include "internal.h"
+#include "sparse.h"
 
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
@@ -126,6 +127,59 @@ extern "C" int32_t sirius_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, i
     ggml_build_forward_expand(gf, y);
     const ggml_status st = ggml_graph_compute_with_ctx(ctx, gf, n_threads);
     if (st == GGML_STATUS_SUCCESS) memcpy(out, y->data, sizeof(float) * no);
+    ggml_free(ctx);
+    return st == GGML_STATUS_SUCCESS ? SIRIUS_OK : sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
+}
+
+extern "C" int32_t sirius_ggml_neuron_ffn(int32_t up_type, int32_t down_type, int32_t n_embd, int32_t n_ff,
+                                          const void * up, const void * down_nm, const float * a, const float * x,
+                                          int32_t k, float threshold, int32_t n_threads, float * y, int32_t * kept,
+                                          int32_t * n_kept) {
+    for (int32_t t : {up_type, down_type}) {
+        if (t < 0 || t >= GGML_TYPE_COUNT || !ggml_get_type_traits((ggml_type) t)->type_name) {
+            return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown ggml type " + std::to_string(t));
+        }
+    }
+    const ggml_type ut = (ggml_type) up_type, dt = (ggml_type) down_type;
+    if (n_embd <= 0 || n_ff <= 0 || n_embd % 32 != 0 || n_embd % ggml_blck_size(ut) != 0 || k < 0 || k > n_ff ||
+        !(threshold >= 0.0f) || !up || !down_nm || !a || !x || !y || n_threads < 1) {
+        return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "neuron_ffn check: n_embd must be a positive multiple of 32 and "
+                                                         "of up's block, 0 <= k <= n_ff, threshold >= 0, buffers set");
+    }
+    const size_t up_bytes = ggml_row_size(ut, n_embd) * (size_t) n_ff, down_bytes = ggml_row_size(dt, n_embd) * (size_t) n_ff;
+    ggml_init_params ip{};
+    ip.mem_size = up_bytes + down_bytes + sizeof(float) * (4 * (size_t) n_ff + 2 * (size_t) n_embd + 64) +
+                  ggml_graph_overhead() + 8 * ggml_tensor_overhead() + (1 << 20);
+    ggml_context * ctx = ggml_init(ip);
+    if (!ctx) return sirius::fail(SIRIUS_ERR_INTERNAL, "ggml_init failed");
+    ggml_tensor * tu = ggml_new_tensor_2d(ctx, ut, n_embd, n_ff);
+    ggml_tensor * td = ggml_new_tensor_2d(ctx, dt, n_embd, n_ff);
+    ggml_tensor * ta = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, n_ff);
+    ggml_tensor * tx = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, n_embd);
+    memcpy(tu->data, up, up_bytes);
+    memcpy(td->data, down_nm, down_bytes);
+    memcpy(ta->data, a, sizeof(float) * n_ff);
+    memcpy(tx->data, x, sizeof(float) * n_embd);
+    sirius::NeuronLayer L;
+    L.up = tu;
+    L.down = td;
+    L.k = k;
+    L.threshold = threshold;
+    ggml_tensor * out = sirius::neuron_ffn_nodes(ctx, ta, tx, &L);
+    if (!out) {
+        ggml_free(ctx);
+        return sirius::fail(SIRIUS_ERR_UNSUPPORTED, std::string("no neuron-major kernel for ") + ggml_type_name(dt));
+    }
+    ggml_cgraph * gf = ggml_new_graph(ctx);
+    ggml_build_forward_expand(gf, out);
+    const ggml_status st = ggml_graph_compute_with_ctx(ctx, gf, n_threads);
+    if (st == GGML_STATUS_SUCCESS) {
+        memcpy(y, out->data, sizeof(float) * n_embd);
+        const int32_t * ids = nullptr;
+        const int32_t count = sirius::neuron_nodes_kept(out, &ids);
+        if (n_kept) *n_kept = count;
+        if (kept) memcpy(kept, ids, sizeof(int32_t) * count);
+    }
     ggml_free(ctx);
     return st == GGML_STATUS_SUCCESS ? SIRIUS_OK : sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
 }

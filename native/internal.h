@@ -19,6 +19,7 @@ int32_t fail(int32_t code, std::string msg);
 struct SparseFFN;  // sparse.cpp
 struct DraftHead;  // sparse.h
 struct MappedGGUF; // sparse.h
+struct NeuronDown; // sparse.h
 class TextStream;  // text.h
 }  // namespace sirius
 
@@ -30,6 +31,11 @@ struct sirius_model {
     // The GGUF file mapped once for the sparse builders (their byte copies), shared by the model's sessions.
     std::shared_ptr<sirius::MappedGGUF> file;
     std::mutex                          file_mu;
+    // The neuron-major ffn_down of per-token single-neuron sparsity (neuron_down.cpp), built or loaded on first
+    // use and cached in cache_dir ("" : built in memory).
+    std::string                               cache_dir;
+    std::shared_ptr<const sirius::NeuronDown> neuron_down;
+    std::mutex                                neuron_mu;
 };
 
 struct sirius_session {
@@ -63,17 +69,17 @@ struct sirius_session {
     // belongs to no reusable prefix). A later prompt that extends this prefix collects only its new tokens.
     int32_t                         griffin_upto = 0;
     std::vector<float>              scratch;
-    // Top-k: while recording (tests, tracing), the groups each layer kept in the last single-token decode.
+    // Top-k and threshold: while recording (tests, tracing), the neurons (or, on group layers, the groups) each
+    // layer kept in the last single-token decode.
     bool                             record_topk = false;
     std::vector<std::vector<int32_t>> topk_ids;
 
-    // Threshold sparsity: per-layer thresholds on a group's sum of |act(gate x)| (from a calibration).
+    // Threshold sparsity: per-layer thresholds on a neuron's |act(gate x)| (from a calibration).
     std::vector<float> thresholds;
-    // Calibration: while recording, every dense batch appends, per layer, each token's group scores
-    // (n_groups floats per token) to block_scores[il]; score_group[il] is the layer's G (0: not sparse-capable).
-    bool                              record_scores = false;
-    std::vector<std::vector<float>>   block_scores;
-    std::vector<int32_t>              score_group;
+    // Calibration: while recording, every dense batch adds, per layer, each token's |act(gate x)| of every
+    // neuron to score_hist[il] (SIRIUS_SCORE_BINS counts, binned by sirius_score_bin; empty: no gated FFN).
+    bool                               record_scores = false;
+    std::vector<std::vector<uint64_t>> score_hist;
 
     // Measured dense batch costs, verify_ms[k] for a k-token batch (0: not measured); from sirius_measure_verify.
     std::vector<double> verify_ms;

@@ -63,23 +63,29 @@ typedef enum {
 
 typedef enum {
     SIRIUS_SPARSITY_GRIFFIN = 0, /* neuron groups chosen from the prompt's FFN activations, frozen per prompt */
-    SIRIUS_SPARSITY_TOPK    = 1, /* per token: the groups with the largest |act(gate x)| (gate dense, up/down skipped) */
-    SIRIUS_SPARSITY_THRESHOLD = 2 /* per token: the groups whose sum |act(gate x)| reaches the layer's calibrated
-                                     threshold (a varying count; CPU kernels; sirius_set_thresholds first) */
+    SIRIUS_SPARSITY_TOPK    = 1, /* per token: the neurons with the largest |act(gate x)| (gate dense, up/down skipped) */
+    SIRIUS_SPARSITY_THRESHOLD = 2 /* per token: the neurons whose |act(gate x)| reaches the layer's calibrated
+                                     threshold (a varying count; sirius_set_thresholds first) */
 } sirius_sparsity;
+
+/* Calibration's histogram of |act(gate x)|: SIRIUS_SCORE_BINS bins, sirius_score_bin(v) being the top 16 bits of
+ * |v| as a float (8 exponent and 8 mantissa bits: 0.4% wide, ordered as the values). */
+enum { SIRIUS_SCORE_BINS = 65536 };
 
 typedef struct {
     int32_t n_layers;          /* layers of the model */
     int32_t n_layers_sparse;   /* layers with a compact FFN (gated FFN found); 0: the model runs dense */
-    int32_t group_size;        /* neurons per selectable group: Griffin 1 (single neurons); top-k and threshold
-                                  ffn_down's quant block (max over layers) */
+    int32_t group_size;        /* neurons per selectable group (max over layers): 1 (single neurons) for Griffin and,
+                                  on CPU layers, top-k and threshold; ffn_down's quant block for top-k and
+                                  threshold on layers offloaded to a GPU (patch 0002's mul_mat_id groups) */
     double  density;           /* fraction of FFN neurons kept, over the sparse layers */
     double  param_fraction;    /* fraction of all parameters a sparse decode step reads */
     int64_t bytes;             /* memory held by the compact tensors */
     double  build_ms;          /* time to select and gather */
-    double  measured_density;  /* threshold: groups computed / groups considered over the sparse decodes of the
+    double  measured_density;  /* threshold: neurons computed / neurons considered over the sparse decodes of the
                                   last sirius_generate (0 before any); other methods: = density */
-    int32_t down_type;         /* Griffin: ggml type of the compact ffn_down (requantised; -1: not Griffin) */
+    int32_t down_type;         /* ggml type of the ffn_down the sparse decode reads where it is not the model's:
+                                  Griffin's compact copy, top-k / threshold's neuron-major copy (-1: none) */
     int64_t dense_step_bytes;  /* weight bytes one dense decode step reads (the GGUF's tensors; the token
                                   embedding only where it doubles as the output head) */
     int64_t step_bytes;        /* weight bytes one sparse decode step reads (the compact tensors instead of the FFN's,
@@ -202,6 +208,10 @@ SIRIUS_API int64_t sirius_model_size(const sirius_model * model);
 /* Weight bytes one dense decode step reads (every tensor once; the token embedding only where it doubles as the
  * output head): the bound the sparse paths' step_bytes are measured against. -1 if the file cannot be mapped. */
 SIRIUS_API int64_t sirius_model_step_bytes(sirius_model * model);
+/* Where per-token single-neuron sparsity (top-k, threshold) caches the model's neuron-major ffn_down (a GGUF of
+ * about the size of all ffn_down tensors, built on first use in seconds, then mapped): a directory (created if
+ * its parent exists); NULL or "": built in memory by each process. */
+SIRIUS_API int32_t sirius_model_set_cache_dir(sirius_model * model, const char * dir);
 SIRIUS_API int32_t sirius_model_token_bos(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_token_eos(const sirius_model * model);
 SIRIUS_API int32_t sirius_model_is_eog(const sirius_model * model, int32_t token);
@@ -254,11 +264,12 @@ SIRIUS_API int32_t sirius_truncate(sirius_session * session, int32_t n_keep);
  * collect = 1 starts (and resets) the Griffin statistic over the FFN activations of the following dense
  * evaluations; 0 stops it. sparse_build selects, per layer, the round(density * n_groups) neuron groups with
  * the highest statistic and gathers them into compact gate/up/down tensors (exact byte copies of the GGUF's
- * quantised rows and blocks). Top-k needs no statistic: sparse_build(SIRIUS_SPARSITY_TOPK) makes a
- * block-major copy of each ffn_down once per session (up is a view of the model's own, repacked, tensor, or
- * read in place from the mapped GGUF) and sets round(density * n_groups) groups per token;
- * SIRIUS_SPARSITY_THRESHOLD uses plain-layout copies with the thresholds set by sirius_set_thresholds (density
- * is then the calibration's, for the report). set_ffn_mode(SPARSE) then makes single-token decodes use them;
+ * quantised rows and blocks). Top-k needs no statistic: sparse_build(SIRIUS_SPARSITY_TOPK) keeps the
+ * round(density * n_ff) neurons with the largest |act(gate x)| per token, reading up in place from the mapped GGUF
+ * and ffn_down from the model's neuron-major copy (sirius_model_set_cache_dir); SIRIUS_SPARSITY_THRESHOLD keeps
+ * the neurons reaching the thresholds set by sirius_set_thresholds (density is then the calibration's, for the
+ * report). Layers offloaded to a GPU keep round(density * n_groups) whole groups instead (group_size in info).
+ * set_ffn_mode(SPARSE) then makes single-token decodes use them;
  * batches of more than one token are always dense. */
 SIRIUS_API int32_t sirius_griffin_collect(sirius_session * session, int32_t collect);
 SIRIUS_API int32_t sirius_sparse_build(sirius_session * session, int32_t sparsity, float density, sirius_sparse_info * info);
@@ -270,21 +281,24 @@ SIRIUS_API void    sirius_sparse_release(sirius_session * session);
  * sirius_draft_head_tokens copies the subset (ascending, up to n_max) and returns its size (0: none). */
 SIRIUS_API int32_t sirius_draft_head_build(sirius_session * session, int32_t draft_vocab, sirius_sparse_info * info);
 SIRIUS_API int32_t sirius_draft_head_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);
-/* Threshold sparsity: per-layer thresholds (n = n_layer values, finite, >= 0; NULL clears) on a group's
- * sum |act(gate x)|, used by sparse_build(SIRIUS_SPARSITY_THRESHOLD) and, live, by a threshold FFN already built. */
+/* Threshold sparsity: per-layer thresholds (n = n_layer values, finite, >= 0; NULL clears) on a neuron's
+ * |act(gate x)|, used by sparse_build(SIRIUS_SPARSITY_THRESHOLD) and, live, by a threshold FFN already built. */
 SIRIUS_API int32_t sirius_set_thresholds(sirius_session * session, const float * thresholds, int32_t n);
-/* Calibration: record = 1 resets and starts recording, for every following dense batch, each token's group
- * scores (sum over a group of |act(gate x)|) per layer; 0 stops. sirius_block_scores copies layer il's record
- * (n_tokens x n_groups floats, token-major) into out and returns its length (-1: nothing recorded);
- * *n_groups = groups per token (0: the layer has no gated FFN). */
-SIRIUS_API int32_t sirius_block_scores_record(sirius_session * session, int32_t record);
-SIRIUS_API int64_t sirius_block_scores(const sirius_session * session, int32_t il, float * out, int64_t n_max,
-                                       int32_t * n_groups);
-/* Threshold decodes so far on the current sparse FFN: groups computed and groups considered, over all layers. */
+/* Calibration: record = 1 resets and starts recording, for every following dense batch, each token's
+ * |act(gate x)| of every neuron into a per-layer histogram; 0 stops. sirius_neuron_score_hist copies layer il's
+ * SIRIUS_SCORE_BINS counts into out and returns SIRIUS_SCORE_BINS (0: the layer has no gated FFN; -1: nothing
+ * recorded). sirius_score_bin_floor(b) is the smallest value in bin b, so |v| >= floor(b) iff bin(v) >= b. */
+SIRIUS_API int32_t sirius_neuron_scores_record(sirius_session * session, int32_t record);
+SIRIUS_API int32_t sirius_neuron_score_hist(const sirius_session * session, int32_t il, uint64_t * out, int32_t n_max);
+SIRIUS_API int32_t sirius_score_bin(float v);
+SIRIUS_API float   sirius_score_bin_floor(int32_t bin);
+/* Per-token decodes so far on the current sparse FFN: neurons computed and neurons considered, over the
+ * single-neuron layers. */
 SIRIUS_API int32_t sirius_threshold_kept(const sirius_session * session, int64_t * kept, int64_t * seen);
 /* The Griffin statistic of layer il per neuron (sqrt of the accumulated sum; n_ff values). Returns n_ff. */
-/* Top-k, for tests and tracing: record = 1 records, per layer, the groups the last single-token sparse decode
- * kept; sirius_topk_groups returns their count (ascending ids into out), -1 if none was recorded. */
+/* Top-k and threshold, for tests and tracing: record = 1 records, per layer, the neurons (group layers: the
+ * groups) the last single-token sparse decode kept; sirius_topk_groups returns their count (ascending ids into
+ * out), -1 if none was recorded. */
 SIRIUS_API int32_t sirius_topk_record(sirius_session * session, int32_t record);
 SIRIUS_API int32_t sirius_topk_groups(const sirius_session * session, int32_t il, int32_t * out, int32_t n_max);
 SIRIUS_API int32_t sirius_griffin_scores(const sirius_session * session, int32_t il, float * out, int32_t n_max);
@@ -311,6 +325,16 @@ SIRIUS_API int32_t sirius_speculative_sample(const float * p, const float * q, i
  * build and CPU do not repack that type and shape). */
 SIRIUS_API int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
                                        const float * x, float * out, int32_t n_threads, int32_t repack);
+
+/* The single-neuron FFN kernels on caller data (tests): y = sum over kept neurons n of a[n] * (up row n . x) *
+ * down_nm row n, where up is n_ff rows of n_embd (ggml type up_type, raw blocks, as in a GGUF), down_nm n_ff rows
+ * of n_embd (down_type: Q4_0, Q8_0, F16 or F32), a the n_ff values act(gate x), and the kept neurons are the top k
+ * of |a| (k > 0) or those with |a| >= threshold (k = 0); run by a ggml graph with n_threads threads. kept (n_ff
+ * ints, or NULL) receives the kept ids ascending and *n_kept their count. */
+SIRIUS_API int32_t sirius_ggml_neuron_ffn(int32_t up_type, int32_t down_type, int32_t n_embd, int32_t n_ff,
+                                          const void * up, const void * down_nm, const float * a, const float * x,
+                                          int32_t k, float threshold, int32_t n_threads, float * y, int32_t * kept,
+                                          int32_t * n_kept);
 
 /* One ggml-cpu flash attention (ggml_flash_attn_ext, as llama.cpp's attention runs with flash_attn on) on caller
  * data, so tests can hold a verify batch's rows against one-token decodes: q is n_head x n_q x dk, k is

@@ -189,8 +189,10 @@ SparseFFN::~SparseFFN() {
         if (c.buf) ggml_backend_buffer_free(c.buf);
         if (c.ctx) ggml_free(c.ctx);
     }
-    if (file_view.buf) ggml_backend_buffer_free(file_view.buf);
-    if (file_view.ctx) ggml_free(file_view.ctx);
+    for (auto & c : views) {
+        if (c.buf) ggml_backend_buffer_free(c.buf);
+        if (c.ctx) ggml_free(c.ctx);
+    }
 }
 
 bool eval_callback(ggml_tensor * t, bool ask, void * user_data) {
@@ -240,7 +242,7 @@ void sparse_release(sirius_session * s) {
         llama_sirius_set_ffn_topk(s->ctx, 0, nullptr);
         llama_sirius_set_ffn(s->ctx, 0, nullptr);
         s->sparse.reset();
-        block_ffn_sync(s);
+        neuron_ffn_sync(s);
     }
     head_release(s);
     s->sparse_on = false;
@@ -266,16 +268,81 @@ ggml_backend_buffer_type_t repack_buft(const ggml_tensor * t) {
     return t->buffer && sparse_extra(ggml_backend_buffer_get_type(t->buffer)) ? ggml_backend_buffer_get_type(t->buffer) : nullptr;
 }
 
-// Top-k and threshold: per layer, up as [n_embd, G, n_groups], a block-major copy of down [G, n_embd, n_groups]
-// (group b's quant block from every row, contiguous), and the selection: top-k keeps round(density * n_groups)
-// groups per token (patch 0002's graph: ggml_mul_mat_id); threshold keeps the groups whose score reaches the
-// layer's calibrated threshold (block_ffn.cpp's kernels through patch 0003's builder).
-// Layout: where the model's own weights are repacked, top-k views the repacked up and copies down into the
-// CPU repacking buffer, so mul_mat_id runs the same interleaved kernels as dense decoding (measured: the plain
-// layout's vec_dot costs more than the skipped bytes save on a 2-core CPU); threshold's kernels read the file
-// layout, so up is read in place from the mapped GGUF and down is copied plain. Built once per session and layout; a new
-// density only changes the per-layer selection.
-int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
+// Whether layer il's FFN weights all live on the CPU (where the single-neuron kernels run).
+bool ffn_on_cpu(const LayerFFN & f) {
+    for (const ggml_tensor * t : {f.up, f.gate, f.down}) {
+        ggml_backend_dev_t dev = t->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer)) : nullptr;
+        if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) return false;
+    }
+    return true;
+}
+
+// A CPU tensor of `type`, ne0 x ne1, over bytes already in memory (a mapping), held in out.
+int32_t tensor_over(const uint8_t * data, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out) {
+    const size_t n = ggml_row_size(type, ne0) * (size_t) ne1;
+    ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
+    out.ctx = ggml_init(ip);
+    out.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(data), n);
+    if (!out.ctx || !out.buf) return fail(SIRIUS_ERR_INTERNAL, "could not wrap a mapped tensor in a CPU buffer");
+    out.t = ggml_new_tensor_2d(out.ctx, type, ne0, ne1);
+    if (ggml_backend_tensor_alloc(out.buf, out.t, const_cast<uint8_t *>(data)) != GGML_STATUS_SUCCESS) {
+        return fail(SIRIUS_ERR_INTERNAL, "could not place a mapped tensor");
+    }
+    return SIRIUS_OK;
+}
+
+// Patch 0002's group layout for a layer that cannot run on single neurons (its weights on a GPU; or every layer
+// with SIRIUS_PER_TOKEN_GROUPS=1, for comparisons): up as [n_embd, G, n_groups], a 3-D view of the model's own
+// tensor (repacking interleaves rows in runs of 8 and G is a multiple of 8, so each group of G rows is a
+// self-contained repacked matrix, which mul_mat_id's repacked path reads per expert; the view gets the same
+// kernels), and a block-major copy of down [G, n_embd, n_groups] (group b's quant block from every row,
+// contiguous) in down's buffer type.
+int32_t group_layer(SparseFFN & sp, const MappedGGUF & file, const LayerFFN & f, ggml_tensor *& up3, ggml_tensor *& down3) {
+    const int64_t n_embd = f.n_embd, n_ff = f.n_ff, G = f.G, nb = n_ff / G;
+    CompactTensor v;
+    ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
+    v.ctx = ggml_init(ip);
+    up3 = ggml_view_3d(v.ctx, f.up, n_embd, G, nb, f.up->nb[1], (size_t) G * f.up->nb[1], 0);
+    const bool ok = ggml_backend_view_init(up3) == GGML_STATUS_SUCCESS && (!repack_buft(f.up) || up3->extra != nullptr);
+    sp.views.push_back(v);
+    if (!ok) {  // a repacked up whose view has no kernels: the file layout, read in place
+        const uint8_t * src = file.tensor(f.name[0], ggml_nbytes(f.up));
+        if (!src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[0] + " from the model file");
+        CompactTensor c;
+        ggml_init_params ip3 = {ggml_tensor_overhead(), nullptr, true};
+        c.ctx = ggml_init(ip3);
+        c.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(src), ggml_nbytes(f.up));
+        up3 = ggml_new_tensor_3d(c.ctx, f.up->type, n_embd, G, nb);
+        sp.views.push_back(c);
+        if (!c.buf || ggml_backend_tensor_alloc(c.buf, up3, const_cast<uint8_t *>(src)) != GGML_STATUS_SUCCESS) {
+            return fail(SIRIUS_ERR_INTERNAL, std::string("could not place the top-k view of ") + f.name[0]);
+        }
+    }
+    const uint8_t * down_src = file.tensor(f.name[2], ggml_nbytes(f.down));
+    if (!down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[2] + " from the model file");
+    const size_t row = ggml_row_size(f.down->type, n_ff), blk = ggml_row_size(f.down->type, G);
+    std::vector<uint8_t> staging(ggml_nbytes(f.down));
+    for (int64_t b = 0; b < nb; ++b) {
+        for (int64_t r = 0; r < n_embd; ++r) {
+            memcpy(staging.data() + ((size_t) b * n_embd + r) * blk, down_src + (size_t) r * row + (size_t) b * blk, blk);
+        }
+    }
+    CompactTensor c;
+    ggml_backend_buffer_type_t dbuft = repack_buft(f.down);
+    if (int32_t rc = alloc_tensor(dbuft ? dbuft : like_buft(f.down), f.down->type, G, n_embd, nb, c)) return rc;
+    sp.owned.push_back(c);
+    ggml_backend_tensor_set(c.t, staging.data(), 0, staging.size());  // a repacking buffer converts as it stores
+    down3 = c.t;
+    return SIRIUS_OK;
+}
+
+// Top-k and threshold: per token, the FFN computes only the neurons it selects. Layers on the CPU run on single
+// neurons (neuron_ffn.cpp's kernels through patch 0003's builder): up read in place from the mapped GGUF, down
+// from the model's neuron-major copy (neuron_down.cpp). Other layers keep whole groups of G neurons through
+// patch 0002's mul_mat_id graph (group_layer): top-k keeps round(density * n_groups) of them, and threshold does
+// the same at its calibration's density (a threshold's varying count has no fixed-shape graph). Built once per
+// session; a new density or threshold changes only k.
+int32_t per_token_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info) {
     const auto t0 = std::chrono::steady_clock::now();
     const llama_model * model = s->model->model;
     const int32_t n_layer = llama_model_n_layer(model);
@@ -284,127 +351,104 @@ int32_t block_build(sirius_session * s, int32_t sparsity, float density, sirius_
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no per-layer thresholds are set for this session: calibrate them "
                                                  "(sirius-local calibrate MODEL --density D) and set them first");
     }
-    if (threshold) {  // its kernels are ggml-cpu custom ops: weights offloaded to a GPU would bounce every token
-        LayerFFN f;
-        for (int32_t il = 0; il < n_layer; ++il) {
-            if (!layer_ffn(model, il, f)) continue;
-            for (const ggml_tensor * t : {f.up, f.gate, f.down}) {
-                ggml_backend_dev_t dev = t->buffer ? ggml_backend_buft_get_device(ggml_backend_buffer_get_type(t->buffer)) : nullptr;
-                if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU) {
-                    return fail(SIRIUS_ERR_UNSUPPORTED, "sparsity 'threshold' runs on the CPU only, and layer " +
-                                                            std::to_string(il) + "'s FFN is on " + ggml_backend_dev_name(dev) +
-                                                            ": load with n_gpu_layers=0, or use sparsity 'topk' or 'griffin'");
-                }
-            }
-        }
-    }
-    const bool want_repack = !threshold;  // (falls back to the plain layout per tensor where it cannot)
+    const char * groups_env = getenv("SIRIUS_PER_TOKEN_GROUPS");
+    const bool all_groups = groups_env && strcmp(groups_env, "1") == 0;
     if (!s->sparse || (s->sparse->sparsity != SIRIUS_SPARSITY_TOPK && s->sparse->sparsity != SIRIUS_SPARSITY_THRESHOLD) ||
-        s->sparse->repack_layout != want_repack) {
+        s->sparse->all_groups != all_groups) {
         sparse_release(s);
         auto sp = std::make_unique<SparseFFN>();
         sp->table.assign((size_t) n_layer * 6, nullptr);
         sp->groups.assign(n_layer, {});
         sp->group_size.assign(n_layer, 0);
         sp->topk_blocks.assign(n_layer, 0);
-        sp->blocks.resize(n_layer);
+        sp->neurons.resize(n_layer);
         sp->info.n_layers = n_layer;
-        sp->repack_layout = want_repack;
-        sp->file = std::make_unique<MappedGGUF>();
-        if (!sp->file->open(s->model->path)) {
-            return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
-        }
-        sp->file_view.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(sp->file->base), sp->file->size);
-        const size_t n_tensors = 2 * (size_t) n_layer + 1;  // per layer: up3 (a view or a file tensor), spare
-        ggml_init_params ip = {ggml_tensor_overhead() * n_tensors, nullptr, true};
-        sp->file_view.ctx = ggml_init(ip);
-        if (!sp->file_view.buf || !sp->file_view.ctx) return fail(SIRIUS_ERR_INTERNAL, "could not map the GGUF for top-k");
-        LayerFFN f;
-        std::vector<uint8_t> staging;
+        sp->file = model_file(s->model);
+        if (!sp->file) return fail(SIRIUS_ERR_IO, "cannot map the model file for the sparse FFN: " + s->model->path);
+        sp->all_groups = all_groups;
+        std::vector<LayerFFN> layers(n_layer);
+        std::vector<bool> valid(n_layer, false), single(n_layer, false);
         for (int32_t il = 0; il < n_layer; ++il) {
-            if (!layer_ffn(model, il, f)) continue;  // stays dense
-            ggml_tensor * up = f.up, * gate = f.gate, * down = f.down;
-            const char (&name)[3][96] = f.name;
-            const int64_t n_embd = f.n_embd, n_ff = f.n_ff, G = f.G, nb = n_ff / G;
-            const uint8_t * up_src = sp->file->tensor(name[0], ggml_nbytes(up));
-            const uint8_t * down_src = sp->file->tensor(name[2], ggml_nbytes(down));
-            if (!up_src || !down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read layer ") + std::to_string(il) + "'s FFN from " + s->model->path);
-
-            // up3: where the model's up is repacked, a 3-D view of that very tensor. Repacking interleaves rows in
-            // runs of 8 and G is a multiple of 8, so each group of G rows is a contiguous, self-contained
-            // repacked matrix, which is what mul_mat_id's repacked path reads per expert; the view's buffer
-            // gives it the same kernels. No copy. Otherwise (and for threshold's kernels) the file layout,
-            // read in place from the mapped GGUF.
-            ggml_tensor * up3 = nullptr;
-            bool repacked = false;
-            if (want_repack && repack_buft(up) && up->extra) {
-                up3 = ggml_view_3d(sp->file_view.ctx, up, n_embd, G, nb, up->nb[1], (size_t) G * up->nb[1], 0);
-                repacked = ggml_backend_view_init(up3) == GGML_STATUS_SUCCESS && up3->extra != nullptr;
-            }
-            if (!repacked) {
-                up3 = ggml_new_tensor_3d(sp->file_view.ctx, up->type, n_embd, G, nb);
-                if (ggml_backend_tensor_alloc(sp->file_view.buf, up3, const_cast<uint8_t *>(up_src)) != GGML_STATUS_SUCCESS) {
-                    return fail(SIRIUS_ERR_INTERNAL, "could not place the top-k view of " + std::string(name[0]));
-                }
-            }
-            const size_t row = ggml_row_size(down->type, n_ff), blk = ggml_row_size(down->type, G);
-            staging.resize(ggml_nbytes(down));
-            for (int64_t b = 0; b < nb; ++b) {
-                for (int64_t r = 0; r < n_embd; ++r) {
-                    memcpy(staging.data() + ((size_t) b * n_embd + r) * blk, down_src + (size_t) r * row + (size_t) b * blk, blk);
-                }
-            }
-            CompactTensor c;
-            ggml_backend_buffer_type_t dbuft = want_repack ? repack_buft(down) : nullptr;
-            if (int32_t rc = alloc_tensor(dbuft ? dbuft : ggml_backend_cpu_buffer_type(), down->type, G, n_embd, nb, c)) return rc;
-            sp->owned.push_back(c);
-            ggml_backend_tensor_set(c.t, staging.data(), 0, staging.size());  // a repacking buffer converts as it stores
+            valid[il] = layer_ffn(model, il, layers[il]);
+            single[il] = valid[il] && !all_groups && ffn_on_cpu(layers[il]) && layers[il].n_embd % 32 == 0;
+        }
+        if (std::find(single.begin(), single.end(), true) != single.end()) {
+            if (int32_t rc = neuron_down(s->model, std::max(1, llama_n_threads(s->ctx)), sp->down_nm)) return rc;
+        }
+        for (int32_t il = 0; il < n_layer; ++il) {
+            if (!valid[il]) continue;  // stays dense
+            const LayerFFN & f = layers[il];
             ggml_tensor ** row6 = &sp->table[(size_t) il * 6];
-            row6[0] = up; row6[1] = gate; row6[2] = down;
-            row6[3] = up3; row6[4] = gate; row6[5] = c.t;
-            sp->group_size[il] = (int32_t) G;
-            sp->blocks[il] = std::make_unique<BlockLayer>();
-            sp->blocks[il]->s = s;
-            sp->blocks[il]->il = il;
-            sp->blocks[il]->up3 = up3;
-            sp->blocks[il]->down3 = c.t;
+            row6[0] = f.up; row6[1] = f.gate; row6[2] = f.down;
+            if (single[il] && sp->down_nm->rows[il]) {
+                // Entries 3-5 are the layer's own tensors: were the builder ever to decline, patch 0001 would
+                // substitute them, which is the dense FFN.
+                row6[3] = f.up; row6[4] = f.gate; row6[5] = f.down;
+                const uint8_t * up_src = sp->file->tensor(f.name[0], ggml_nbytes(f.up));
+                if (!up_src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[0] + " from " + s->model->path);
+                CompactTensor u, d;
+                const uint8_t * down_src = sp->down_nm->rows[il];
+                int32_t rc = tensor_over(up_src, f.up->type, f.n_embd, f.n_ff, u);
+                sp->views.push_back(u);
+                if (rc == SIRIUS_OK) rc = tensor_over(down_src, sp->down_nm->type, f.n_embd, f.n_ff, d);
+                sp->views.push_back(d);
+                if (rc != SIRIUS_OK) return rc;
+                auto L = std::make_unique<NeuronLayer>();
+                L->s = s;
+                L->il = il;
+                L->up = u.t;
+                L->down = d.t;
+                sp->neurons[il] = std::move(L);
+                sp->group_size[il] = 1;
+            } else {
+                ggml_tensor * up3 = nullptr, * down3 = nullptr;
+                if (int32_t rc = group_layer(*sp, *sp->file, f, up3, down3)) return rc;
+                row6[3] = up3; row6[4] = f.gate; row6[5] = down3;
+                sp->group_size[il] = (int32_t) f.G;
+            }
         }
         s->sparse = std::move(sp);
         llama_sirius_set_ffn(s->ctx, n_layer, s->sparse->table.data());
     }
     SparseFFN & sp = *s->sparse;
     sp.sparsity = sparsity;
-    int64_t kept = 0, total = 0, skipped = 0, skippable_bytes = 0;
+    int64_t kept = 0, total = 0, skipped = 0, dense_ffn_bytes = 0;
+    double sparse_ffn_bytes = 0.0;
     sp.info.n_layers_sparse = 0;
     sp.info.group_size = 0;
+    sp.info.down_type = -1;
     for (int32_t il = 0; il < n_layer; ++il) {
-        ggml_tensor * up3 = sp.table[(size_t) il * 6 + 3];
-        if (!up3) continue;
-        const int64_t G = up3->ne[1], nb = up3->ne[2], n_embd = up3->ne[0];
-        // Threshold: the expected count (the calibration's density; each token keeps its own number of groups).
-        // Its top-k entry keeps every group, so a layer the builder ever declined would still be exact.
-        const int64_t k = std::clamp<int64_t>(std::llround(density * nb), 1, nb);
-        sp.topk_blocks[il] = (int32_t) (threshold ? nb : k);
-        if (sp.blocks[il]) sp.blocks[il]->threshold = threshold ? s->thresholds[il] : 0.0f;
+        const int64_t G = sp.group_size[il];
+        LayerFFN f;
+        if (G == 0 || !layer_ffn(model, il, f)) continue;
+        const int64_t n = f.n_ff / G;  // units a token chooses among
+        const int64_t k = std::clamp<int64_t>(std::llround(density * n), 1, n);
+        NeuronLayer * L = sp.neurons[il].get();
+        if (L) {
+            L->k = threshold ? 0 : k;
+            L->threshold = threshold ? s->thresholds[il] : 0.0f;
+            sp.info.down_type = (int32_t) L->down->type;
+        }
+        sp.topk_blocks[il] = L ? 0 : (int32_t) k;
         sp.info.n_layers_sparse++;
         sp.info.group_size = std::max<int32_t>(sp.info.group_size, (int32_t) G);
+        // Threshold: the expected count (the calibration's density; each token keeps its own number).
         kept += k * G;
-        total += nb * G;
-        skipped += 2 * n_embd * (nb - k) * G;  // up and down rows of the skipped groups (gate is dense)
-        LayerFFN lf;
-        if (layer_ffn(model, il, lf)) skippable_bytes += (int64_t) (ggml_nbytes(lf.up) + ggml_nbytes(lf.down));
+        total += n * G;
+        skipped += 2 * f.n_embd * (n - k) * G;  // up and down rows of the skipped neurons (gate is dense)
+        dense_ffn_bytes += (int64_t) (ggml_nbytes(f.up) + ggml_nbytes(f.down));
+        sparse_ffn_bytes += (double) k / (double) n * (double) (ggml_nbytes(f.up) + (L ? ggml_nbytes(L->down) : ggml_nbytes(f.down)));
     }
     llama_sirius_set_ffn_topk(s->ctx, n_layer, sp.topk_blocks.data());
-    block_ffn_sync(s);
-    sp.info.bytes = 0;
+    neuron_ffn_sync(s);
+    sp.info.bytes = sp.down_nm ? sp.down_nm->bytes : 0;
     for (const auto & c : sp.owned) sp.info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
     sp.info.density = total ? (double) kept / (double) total : 1.0;
     const double n_params = (double) llama_model_n_params(model);
     sp.info.param_fraction = n_params > 0 ? (n_params - (double) skipped) / n_params : 1.0;
-    // Bytes a decode reads: the dropped groups' share of up and down is skipped (gate is read in full).
+    // Bytes a decode reads: the kept share of up and of the down it reads (gate is read in full).
     sp.info.dense_step_bytes = dense_step_bytes(*sp.file);
-    sp.info.step_bytes = sp.info.dense_step_bytes - (int64_t) ((1.0 - sp.info.density) * (double) skippable_bytes);
-    sp.info.down_type = -1;
+    sp.info.step_bytes = sp.info.dense_step_bytes - dense_ffn_bytes + (int64_t) sparse_ffn_bytes;
     sp.info.build_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     if (info) *info = sp.info;
     return SIRIUS_OK;
@@ -621,7 +665,7 @@ int32_t sparse_build(sirius_session * s, int32_t sparsity, float density, sirius
     if (!(density > 0.0f && density <= 1.0f)) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(density));
     }
-    if (sparsity != SIRIUS_SPARSITY_GRIFFIN) return block_build(s, sparsity, density, info);
+    if (sparsity != SIRIUS_SPARSITY_GRIFFIN) return per_token_build(s, sparsity, density, info);
     if (s->griffin_tokens <= 0) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "no Griffin statistic: evaluate a prompt with sirius_griffin_collect on first");
     }

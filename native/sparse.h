@@ -1,4 +1,5 @@
-// The sparse FFN's state, shared by its builders (sparse.cpp) and the block kernels (block_ffn.cpp).
+// The sparse FFN's state, shared by its builders (sparse.cpp), the per-token kernels (neuron_ffn.cpp) and the
+// neuron-major layout (neuron_down.cpp).
 #pragma once
 
 #include "internal.h"
@@ -67,24 +68,40 @@ struct MappedGGUF {
     }
 };
 
-// Threshold selection, one per sparse layer: what the block kernels read at compute time.
-struct BlockLayer {
-    sirius_session * s = nullptr;
+// Per-token selection on single neurons, one per layer that runs on them: what the CPU kernels read at compute
+// time (neuron_ffn.cpp).
+struct NeuronLayer {
+    sirius_session * s = nullptr;      // (null in the kernel check graph)
     int32_t          il = 0;
-    ggml_tensor *    up3 = nullptr;    // up as [n_embd, G, n_groups], read in place from the mapped GGUF
-    ggml_tensor *    down3 = nullptr;  // block-major copy of down, [G, n_embd, n_groups]
-    float            threshold = 0.0f; // a group is computed when sum over it of |act(gate x)| >= threshold
-    std::atomic<int64_t> kept{0}, seen{0};  // groups computed / considered, over all threshold decodes
+    ggml_tensor *    up = nullptr;     // the GGUF's ffn_up [n_embd, n_ff], read in place from the mapped file
+    ggml_tensor *    down = nullptr;   // the neuron-major ffn_down [n_embd, n_ff] (row n: neuron n's column)
+    int64_t          k = 0;            // top-k: neurons kept per token; 0: threshold
+    float            threshold = 0.0f; // threshold: a neuron is computed when |act(gate x)| >= threshold
+    std::atomic<int64_t> kept{0}, seen{0};  // neurons computed / considered, over all decodes
+};
+
+// The neuron-major copy of every layer's ffn_down (neuron_down.cpp), one per model.
+struct NeuronDown {
+    ggml_type                         type = GGML_TYPE_COUNT;
+    std::vector<const uint8_t *>      rows;   // per layer: n_ff rows of n_embd (nullptr: the layer has none)
+    std::unique_ptr<MappedGGUF>       file;   // the cached file they are in, or
+    std::vector<std::vector<uint8_t>> owned;  // the memory they are in (no cache directory, or not writable)
+    std::string                       path;   // the cached file ("" when in memory)
+    int64_t                           bytes = 0;
+    double                            build_ms = 0.0;  // 0: loaded from the cache
 };
 
 struct SparseFFN {
     int32_t                           sparsity = SIRIUS_SPARSITY_GRIFFIN;
     std::vector<CompactTensor>        owned;
-    std::vector<int32_t>              topk_blocks;  // top-k: groups kept per token, per layer (0: dense layer)
-    std::vector<std::unique_ptr<BlockLayer>> blocks;  // threshold: per layer (null: dense layer)
-    bool                              repack_layout = false;  // top-k: copies in the CPU repacking buffer
-    std::unique_ptr<MappedGGUF>       file;         // top-k: up is read in place from the mapped GGUF
-    CompactTensor                     file_view;    // top-k: the buffer over that mapping
+    // Top-k and threshold: layers on the CPU run on single neurons (neurons[il]); others (a GPU's) keep whole
+    // groups of G through patch 0002's mul_mat_id graph (topk_blocks[il] groups per token).
+    std::vector<int32_t>              topk_blocks;  // per layer: groups kept per token (0: not a group layer)
+    std::vector<std::unique_ptr<NeuronLayer>> neurons;  // per layer (null: not a single-neuron layer)
+    std::shared_ptr<const MappedGGUF> file;         // the model file: up is read in place from it
+    std::shared_ptr<const NeuronDown> down_nm;      // the model's neuron-major down
+    std::vector<CompactTensor>        views;        // buffers over those mappings and the tensors in them
+    bool                              all_groups = false;  // SIRIUS_PER_TOKEN_GROUPS=1: every layer on groups
     std::vector<ggml_tensor *>        table;   // n_layer * 6, for llama_sirius_set_ffn
     std::vector<std::vector<int32_t>> groups;  // per layer; empty = dense layer
     std::vector<int32_t>              group_size;
@@ -123,8 +140,19 @@ int64_t dense_step_bytes(const MappedGGUF & file);
 // The model's GGUF mapped once (populated) and kept for its lifetime; nullptr if it cannot be mapped.
 std::shared_ptr<const MappedGGUF> model_file(sirius_model * m);
 
-// block_ffn.cpp: installs (or removes) the llama_sirius_ffn_builder that threshold decodes and block-score
+// neuron_ffn.cpp: installs (or removes) the llama_sirius_ffn_builder that single-neuron decodes and score
 // recording need, after any change of either.
-void block_ffn_sync(sirius_session * s);
+void neuron_ffn_sync(sirius_session * s);
+// The kernels' nodes for one layer: y [n_embd] from a = act(gate x) [n_ff] and x [n_embd]; NULL if L->down's
+// type has no kernel or n_embd is not a multiple of 32.
+ggml_tensor * neuron_ffn_nodes(ggml_context * ctx, ggml_tensor * a, ggml_tensor * x, NeuronLayer * L);
+// After computing them: how many neurons those nodes kept, and *ids their ids (ascending).
+int32_t neuron_nodes_kept(const ggml_tensor * y, const int32_t ** ids);
+// Exact top-k of |a| over n values (ties to the lower index), ascending.
+void select_topk(const float * a, int64_t n, int64_t k, std::vector<int32_t> & out, std::vector<uint32_t> & keys);
+
+// neuron_down.cpp: the model's neuron-major down into out, loaded from its cache or built (on n_threads threads).
+int32_t neuron_down(sirius_model * m, int32_t n_threads, std::shared_ptr<const NeuronDown> & out);
+ggml_type neuron_down_type(ggml_type src, const char ** why);
 
 }  // namespace sirius

@@ -10,7 +10,8 @@ for its one row, unless it doubles as the output head); a sparse step reads the 
 (Griffin: its requantised down included) and the trimmed draft head instead of the full one (draft_vocab > 0).
 ideal_ratio = dense bytes / sparse bytes, as the engine reports them (stats dense_step_bytes and
 sparse_step_bytes; for threshold, scaled to the density its decodes measured). The G column is the selection's
-granularity: Griffin picks single neurons (1), top-k and threshold groups of ffn_down's quant block.
+granularity: single neurons (1) for every method on the CPU; top-k and threshold keep groups of ffn_down's quant
+block on layers offloaded to a GPU.
 
 Sirius rows add AAL, effective density, agreement with dense greedy (the share of dense greedy's tokens
 reproduced before the first difference) and the cost model's prediction of their speed from separately
@@ -191,7 +192,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             sts = stats[c]
             st = sts[-1]
             tps = statistics.median(samples[c])
-            # threshold keeps a varying share of groups: the one its decodes measured
+            # threshold keeps a varying share of neurons: the one its decodes measured
             dens = (statistics.median(x["density_measured"] for x in sts) if sp == "threshold"
                     else st.get("density_actual", 1.0))
             if mode == "dense":

@@ -126,6 +126,13 @@ class LLM:
         out = ffi.new("sirius_model **")
         check(lib.sirius_model_load_opts(self.model_path.encode(), int(n_gpu_layers), bool(repack), bool(use_mlock), out))
         self._weights = _Weights(out[0])
+        # Per-token sparsity's neuron-major ffn_down is cached here (built on first use of top-k or threshold).
+        nd_dir = registry.cache_dir() / "neuron-down"
+        try:
+            nd_dir.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            nd_dir = None  # not writable: built in memory
+        check(lib.sirius_model_set_cache_dir(out[0], str(nd_dir).encode() if nd_dir else ffi.NULL))
         n_train = int(lib.sirius_model_n_ctx_train(out[0]))
         if 0 < n_train < n_ctx:
             warnings.warn(f"n_ctx {n_ctx} is above the {n_train} tokens this model was trained for: past those its "
@@ -431,7 +438,7 @@ class LLM:
         return list(out[0:n])
 
     def set_thresholds(self, thresholds: Sequence[float] | None) -> None:
-        """Threshold sparsity: per-layer thresholds on a group's sum |act(gate x)| (None clears); used by the next
+        """Threshold sparsity: per-layer thresholds on a neuron's |act(gate x)| (None clears); used by the next
         build_sparse(sparsity="threshold") and live by one already built."""
         t = None if thresholds is None else [float(x) for x in thresholds]
         with self._use() as ss:
@@ -441,30 +448,29 @@ class LLM:
                 check(lib.sirius_set_thresholds(ss, ffi.new("float[]", t), len(t)))
 
     def threshold_kept(self) -> tuple[int, int]:
-        """Threshold decodes so far on the current sparse FFN: (groups computed, groups considered)."""
+        """Per-token decodes so far on the current sparse FFN: (neurons computed, neurons considered)."""
         k, n = ffi.new("int64_t *"), ffi.new("int64_t *")
         with self._use() as ss:
             check(lib.sirius_threshold_kept(ss, k, n))
         return int(k[0]), int(n[0])
 
-    def block_scores_record(self, on: bool = True) -> None:
-        """Calibration: True resets and starts recording each token's group scores in the following dense
-        eval() calls; False stops."""
+    def neuron_scores_record(self, on: bool = True) -> None:
+        """Calibration: True resets and starts adding every token's |act(gate x)| of every neuron, per layer, to a
+        histogram over the following dense eval() calls; False stops."""
         with self._use() as ss:
-            check(lib.sirius_block_scores_record(ss, bool(on)))
+            check(lib.sirius_neuron_scores_record(ss, bool(on)))
 
-    def block_scores(self, layer: int) -> np.ndarray | None:
-        """The recorded group scores of a layer, [n_tokens, n_groups] (None: the layer has no gated FFN or
-        nothing was recorded)."""
+    def neuron_score_hist(self, layer: int) -> np.ndarray | None:
+        """A layer's recorded histogram of |act(gate x)|: counts per bin (calibration.bin_floor gives a bin's
+        lowest value), or None (the layer has no gated FFN or nothing was recorded)."""
         _int_in("layer", layer, 0, INT32_MAX)
-        ng = ffi.new("int32_t *")
         with self._use() as ss:
-            n = lib.sirius_block_scores(ss, int(layer), ffi.NULL, 0, ng)
-            if n < 0 or ng[0] <= 0:
+            n = lib.sirius_neuron_score_hist(ss, int(layer), ffi.NULL, 0)
+            if n <= 0:
                 return None
-            out = np.zeros(n, dtype=np.float32)
-            lib.sirius_block_scores(ss, int(layer), ffi.cast("float *", out.ctypes.data), n, ng)
-        return out.reshape(-1, ng[0])
+            out = np.zeros(n, dtype=np.uint64)
+            lib.sirius_neuron_score_hist(ss, int(layer), ffi.cast("uint64_t *", out.ctypes.data), n)
+        return out
 
     def calibrate(self, densities: Sequence[float], **kwargs) -> dict:
         """Threshold sparsity: per-layer thresholds for each density, written to the model's sidecar file (see
@@ -472,12 +478,14 @@ class LLM:
         return calibration.calibrate(self, densities, **kwargs)
 
     def topk_record(self, on: bool = True) -> None:
-        """Top-k: record which groups each layer keeps in the following single-token sparse decodes."""
+        """Top-k and threshold: record which neurons (on group layers: groups) each layer keeps in the following
+        single-token sparse decodes."""
         with self._use() as ss:
             check(lib.sirius_topk_record(ss, bool(on)))
 
     def topk_groups(self, layer: int) -> list[int]:
-        """The groups a layer kept in the last recorded top-k decode ([] if none)."""
+        """The neurons (group layers: groups; see stats' group_size) a layer kept in the last recorded top-k or
+        threshold decode, ascending ([] if none)."""
         _int_in("layer", layer, 0, INT32_MAX)
         with self._use() as ss:
             n = lib.sirius_topk_groups(ss, int(layer), ffi.NULL, 0)
@@ -774,8 +782,10 @@ class LLM:
         `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings).
 
         mode="sparse" decodes with the sparse model alone (no correction): sparsity="griffin" keeps, per layer,
-        the `density` fraction of FFN neuron groups most active over the prompt; sparsity="topk" keeps, per
-        token, the groups with the largest |act(gate x)| (gate dense). stats then report the density kept,
+        the `density` fraction of FFN neurons most active over the prompt; sparsity="topk" keeps, per token, the
+        neurons with the largest |act(gate x)| (gate dense; layers on a GPU keep groups of ffn_down's quant
+        block, stats' group_size); sparsity="threshold" those whose |act(gate x)| reaches a calibrated
+        threshold (`sirius-local calibrate`). stats then report the density kept,
         `sparse_param_fraction` (parameters read per sparse step) and the copy's bytes.
 
         mode="sirius" is the correction loop: the sparse model drafts period-1 tokens, the dense model checks

@@ -26,7 +26,16 @@ def llm(model_path):
 
 
 @pytest.fixture()
-def linked_model(model_path, tmp_path):
+def scratch_cache(tmp_path, monkeypatch):
+    """A fresh SIRIUS_CACHE_DIR for models made by a test (its neuron-major down copies land there, not in the
+    user's cache); models are then given by path."""
+    d = tmp_path / "cache"
+    monkeypatch.setenv("SIRIUS_CACHE_DIR", str(d))
+    return d
+
+
+@pytest.fixture()
+def linked_model(model_path, tmp_path, scratch_cache):
     """The test model seen through a symlink in a fresh directory, so its sidecar lands there."""
     link = tmp_path / "model.gguf"
     os.symlink(model_path, link)

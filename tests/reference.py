@@ -105,6 +105,17 @@ class LlamaReference:
         zk = z[:, cols]
         return (self._round8(zk) if self.emulate_ggml and qtype not in ("F32", "F16", "BF16") else zk) @ wq.T
 
+    def neuron_down(self, name: str, qtype: str) -> np.ndarray:
+        """ffn_down [n_embd, n_ff] as top-k and threshold read it: its transpose (one row per neuron) requantised
+        row by row to qtype by gguf's quantiser (F32: exact), transposed back."""
+        key = f"{name}@nm-{qtype}"
+        if key not in self._cache:
+            wt = np.ascontiguousarray(self.weight(name).T.astype(np.float32))
+            t = GGMLQuantizationType[qtype]
+            q = wt if qtype == "F32" else dequantize(quantize(wt, t), t)
+            self._cache[key] = np.asarray(q, dtype=np.float64).reshape(wt.shape).T
+        return self._cache[key]
+
     def _kv(self, x: np.ndarray) -> np.ndarray:
         return x.astype(np.float16).astype(np.float64) if self.emulate_ggml else x
 
@@ -126,7 +137,8 @@ class LlamaReference:
     def logits(self, tokens: list[int], ffn_keep: dict[int, np.ndarray] | None = None, keep_from: int = 0,
                record_z: dict[int, np.ndarray] | None = None,
                ffn_topk: dict[int, tuple[int, int]] | None = None,
-               record_gate: dict[int, np.ndarray] | None = None, compact_down: str | None = None) -> np.ndarray:
+               record_gate: dict[int, np.ndarray] | None = None, compact_down: str | None = None,
+               neuron_down: str | None = None) -> np.ndarray:
         """Logits [T, n_vocab] for a sequence starting at position 0.
 
         ffn_keep: per layer, a boolean mask over FFN neurons; from position keep_from on, the other neurons'
@@ -134,7 +146,9 @@ class LlamaReference:
         token keeps only its k blocks of G neurons with the largest sum |act(gate x)| (top-k sparsity).
         record_z receives each layer's FFN activation z = silu(gate x) * (up x), [T, n_ff], before masking;
         record_gate each layer's gate x. compact_down: with ffn_keep, the kept neurons' ffn_down columns are
-        requantised to this type (a GGML type name), as the compact FFN of single-neuron Griffin holds them."""
+        requantised to this type (a GGML type name), as the compact FFN of single-neuron Griffin holds them.
+        neuron_down: from keep_from on, ffn_down is the neuron-major copy requantised to this type (top-k and
+        threshold on single neurons; see neuron_down)."""
         c = self.cfg
         T = len(tokens)
         hd = c.n_embd // c.n_head
@@ -175,7 +189,10 @@ class LlamaReference:
                 for r, blocks in enumerate(drop):
                     for b in blocks:
                         z[keep_from + r, b * G:(b + 1) * G] = 0.0
-            if compact_down is not None and ffn_keep is not None and il in ffn_keep:
+            if neuron_down is not None and keep_from < T:
+                x[:keep_from] += self._mm(z[:keep_from], p + "ffn_down.weight")
+                x[keep_from:] += z[keep_from:] @ self.neuron_down(p + "ffn_down.weight", neuron_down).T
+            elif compact_down is not None and ffn_keep is not None and il in ffn_keep:
                 x[:keep_from] += self._mm(z[:keep_from], p + "ffn_down.weight")
                 x[keep_from:] += self._compact_down(z[keep_from:], p + "ffn_down.weight", ffn_keep[il], compact_down)
             else:

@@ -1,0 +1,566 @@
+// Per-token sparsity on single neurons, on the CPU: top-k (FSparse: the round(density * n_ff) neurons with the
+// largest |act(gate x)|) and threshold (CATS: the neurons whose |act(gate x)| reaches the layer's calibrated
+// threshold). The kept set changes every token, and ggml graphs have fixed shapes, so the selection and the
+// skipped work live in two CPU kernels (ggml custom ops), wired into llama.cpp's FFN through patch 0003's
+// builder:
+//
+//   a   = act(gate x)                   stock ops, gate dense (its repacked kernels)
+//   sel = neuron_up(a, x, up)           the kept neurons n (ascending) and h[n] = a[n] * (up[n] . x)
+//   y   = neuron_down(sel, down_nm)     y = sum over kept n of h[n] * down_nm[n]
+//
+// up is the GGUF's ffn_up read in place (its rows are neurons); down_nm is the neuron-major copy of ffn_down
+// (neuron_down.cpp: row n = neuron n's column). A skipped neuron is a row of each never read. Work splits as in
+// ggml's own ops, with no atomics: neuron_up over the kept list (every thread makes the same selection, n_ff
+// compares, rather than wait at a barrier for one), neuron_down over output columns (each thread accumulates
+// its 32-column blocks of y from every kept row, in L1). The graph's barrier between the nodes orders them.
+//
+// Calibration uses the same hook on dense batches: the FFN is built from stock ops, with a pass-through node on
+// act(gate x) that adds every token's |act(gate x)| to a per-layer histogram (sirius_score_bin).
+
+#include "sparse.h"
+
+#include "ggml-cpu.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SIRIUS_X86 1
+#endif
+
+namespace sirius {
+
+namespace {
+
+// sel's layout (a F32 tensor of sel_size(n_ff) values): int32 count, then n_ff int32 neuron ids (ascending,
+// `count` used), then n_ff floats h.
+constexpr int64_t kSelHeader = 16;  // values before the ids (the count, padded to 64 bytes)
+int64_t sel_size(int64_t n_ff) { return kSelHeader + 2 * n_ff; }
+
+inline uint32_t abs_bits(float v) {
+    uint32_t u;
+    memcpy(&u, &v, 4);
+    return u & 0x7fffffffu;
+}
+
+}  // namespace
+
+// Top-k by partial selection: the k neurons with the largest |a| (ties to the lower index), ascending. A
+// histogram of the top 12 bits of |a| (non-negative floats order as their bit patterns) finds the bin holding
+// the k-th largest; only that bin's values are ranked (nth_element); one more pass emits the kept ids in order.
+void select_topk(const float * a, int64_t n, int64_t k, std::vector<int32_t> & out, std::vector<uint32_t> & keys) {
+    out.clear();
+    if (k >= n) {
+        for (int64_t i = 0; i < n; ++i) out.push_back((int32_t) i);
+        return;
+    }
+    if (k <= 0) return;
+    keys.resize(n);
+    uint32_t hist[4096] = {0};
+    for (int64_t i = 0; i < n; ++i) {
+        keys[i] = abs_bits(a[i]);
+        hist[keys[i] >> 19]++;
+    }
+    int64_t above = 0;  // values in bins above the pivot bin
+    int bin = 4095;
+    for (; bin > 0 && above + hist[bin] < (uint32_t) k; --bin) above += hist[bin];
+    std::vector<uint32_t> cand;
+    cand.reserve(hist[bin]);
+    for (int64_t i = 0; i < n; ++i) {
+        if ((int) (keys[i] >> 19) == bin) cand.push_back(keys[i]);
+    }
+    const int64_t need = k - above;  // taken from the pivot bin: its `need` largest
+    std::nth_element(cand.begin(), cand.begin() + (need - 1), cand.end(), std::greater<uint32_t>());
+    const uint32_t t = cand[need - 1];
+    int64_t ties = need;  // values equal to t that are kept: need minus the pivot bin's values above t
+    for (uint32_t c : cand) ties -= c > t;
+    for (int64_t i = 0; i < n; ++i) {
+        if (keys[i] > t || (keys[i] == t && ties-- > 0)) out.push_back((int32_t) i);
+    }
+}
+
+namespace {
+
+void select_threshold(const float * a, int64_t n, float threshold, std::vector<int32_t> & out) {
+    out.clear();
+    for (int64_t i = 0; i < n; ++i) {
+        if (std::fabs(a[i]) >= threshold) out.push_back((int32_t) i);
+    }
+}
+
+// src: a [n_ff], x [n_embd], up [n_embd, n_ff]; dst sel.
+void neuron_up(ggml_tensor * dst, int ith, int nth, void * userdata) {
+    auto * L = static_cast<NeuronLayer *>(userdata);
+    const ggml_tensor * a = dst->src[0], * x = dst->src[1], * up = dst->src[2];
+    const int64_t n_embd = up->ne[0], n_ff = up->ne[1];
+    const float * av = static_cast<const float *>(a->data);
+
+    thread_local std::vector<int32_t> kept;
+    thread_local std::vector<uint32_t> keys;
+    thread_local std::vector<uint8_t> xq;
+    if (L->k > 0) {
+        select_topk(av, n_ff, L->k, kept, keys);
+    } else {
+        select_threshold(av, n_ff, L->threshold, kept);
+    }
+
+    const ggml_type_traits_cpu * tt = ggml_get_type_traits_cpu(up->type);
+    const void * xv = x->data;
+    if (tt->vec_dot_type != GGML_TYPE_F32) {
+        xq.resize(ggml_row_size(tt->vec_dot_type, n_embd));
+        ggml_get_type_traits_cpu(tt->vec_dot_type)->from_float(static_cast<const float *>(x->data), xq.data(), n_embd);
+        xv = xq.data();
+    }
+    const size_t row = ggml_row_size(up->type, n_embd);
+    const uint8_t * base = static_cast<const uint8_t *>(up->data);
+    float * sel = static_cast<float *>(dst->data);
+    int32_t * ids = reinterpret_cast<int32_t *>(sel + kSelHeader);
+    float * h = sel + kSelHeader + n_ff;
+    const int64_t c = (int64_t) kept.size();
+    const int64_t j0 = c * ith / nth, j1 = c * (ith + 1) / nth;
+    // A kept row is a short run at a scattered address, too short for the hardware prefetchers: each is
+    // fetched kUpAhead rows ahead.
+    constexpr int64_t kUpAhead = 8;
+    for (int64_t j = j0; j < std::min(j1, j0 + kUpAhead); ++j) {
+        for (size_t o = 0; o < row; o += 64) __builtin_prefetch(base + (size_t) kept[j] * row + o);
+    }
+    for (int64_t j = j0; j < j1; ++j) {
+        if (j + kUpAhead < j1) {
+            const uint8_t * p = base + (size_t) kept[j + kUpAhead] * row;
+            for (size_t o = 0; o < row; o += 64) __builtin_prefetch(p + o);
+        }
+        const int32_t n = kept[j];
+        float u;
+        tt->vec_dot((int) n_embd, &u, 0, base + (size_t) n * row, 0, xv, 0, 1);
+        ids[j] = n;
+        h[j] = u * av[n];
+    }
+    if (ith == 0) {
+        const int32_t count = (int32_t) c;
+        memcpy(sel, &count, sizeof(count));
+        L->kept += c;
+        L->seen += n_ff;
+        sirius_session * s = L->s;
+        if (s && s->record_topk && L->il < (int32_t) s->topk_ids.size()) s->topk_ids[L->il] = kept;
+    }
+}
+
+// The down kernels: acc[0, nb * 32) += sum over j < n of h[j] * (row j's 32-column blocks b0 .. b0 + nb), where
+// rows[j] is the start of a row of nblk blocks. Row layouts (written by neuron_down.cpp):
+//   Q4_0: the row's nblk fp16 scales d first, then its nblk x 16 bytes of nibbles q (ggml's block_q4_0 fields,
+//         split, so a run of scales is one vector load): x = d * (q - 8), low nibbles first within a block;
+//   Q8_0: ggml's block_q8_0 in order (x = d * q); F16, F32: plain values.
+// Scalar versions first (any CPU; SIRIUS_AXPY=scalar forces them for comparisons), then AVX2 ones.
+struct BlockQ8 { uint16_t d; int8_t qs[32]; };  // ggml's block_q8_0
+static_assert(sizeof(BlockQ8) == 34, "ggml's block_q8_0 layout");
+
+void axpy_q4_0(const uint8_t * const * rows, const float * h, int64_t n, int64_t nblk, int64_t b0, int64_t nb, float * acc) {
+    for (int64_t j = 0; j < n; ++j) {
+        const uint16_t * d = reinterpret_cast<const uint16_t *>(rows[j]) + b0;
+        const uint8_t * qs = rows[j] + 2 * nblk + 16 * b0;
+        for (int64_t b = 0; b < nb; ++b) {
+            const float s = h[j] * ggml_fp16_to_fp32(d[b]);
+            float * o = acc + b * 32;
+            for (int i = 0; i < 16; ++i) {
+                o[i] += s * (float) ((qs[16 * b + i] & 15) - 8);
+                o[i + 16] += s * (float) ((qs[16 * b + i] >> 4) - 8);
+            }
+        }
+    }
+}
+
+void axpy_q8_0(const uint8_t * const * rows, const float * h, int64_t n, int64_t, int64_t b0, int64_t nb, float * acc) {
+    for (int64_t j = 0; j < n; ++j) {
+        const BlockQ8 * r = reinterpret_cast<const BlockQ8 *>(rows[j]) + b0;
+        for (int64_t b = 0; b < nb; ++b) {
+            const float s = h[j] * ggml_fp16_to_fp32(r[b].d);
+            for (int i = 0; i < 32; ++i) acc[b * 32 + i] += s * (float) r[b].qs[i];
+        }
+    }
+}
+
+void axpy_f16(const uint8_t * const * rows, const float * h, int64_t n, int64_t, int64_t b0, int64_t nb, float * acc) {
+    for (int64_t j = 0; j < n; ++j) {
+        const ggml_fp16_t * r = reinterpret_cast<const ggml_fp16_t *>(rows[j]) + 32 * b0;
+        for (int64_t i = 0; i < nb * 32; ++i) acc[i] += h[j] * ggml_fp16_to_fp32(r[i]);
+    }
+}
+
+void axpy_f32(const uint8_t * const * rows, const float * h, int64_t n, int64_t, int64_t b0, int64_t nb, float * acc) {
+    for (int64_t j = 0; j < n; ++j) {
+        const float * r = reinterpret_cast<const float *>(rows[j]) + 32 * b0;
+        for (int64_t i = 0; i < nb * 32; ++i) acc[i] += h[j] * r[i];
+    }
+}
+
+#ifdef SIRIUS_X86
+// A kept row is a short run at a scattered address (one neuron's slice of y), too short for the hardware
+// prefetchers to ramp up on, so the kernels prefetch the rows they take next.
+inline void prefetch(const uint8_t * p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
+    __builtin_prefetch(p + bytes - 1);
+}
+
+// Q4_0 in integer arithmetic, as ggml's own Q4_0 x Q8_0 dot product works: per group of 16 rows and block b,
+// the coefficients g[r] = h[r] * d[r][b] are rounded to int8 against the group's largest |g| (ggml rounds the
+// activations of a dense product to int8 per 32 values in the same way), and each pair of rows is one
+// maddubs of their interleaved nibbles (unsigned, 0..15) with the pair's two int8 coefficients: 32 products per
+// instruction. Sixteen rows' int16 sums stay below 8 x 2 x 15 x 127 = 30480; the "- 8" is one correction per
+// block, -8 times the sum of the group's int8 coefficients.
+__attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
+                                                             int64_t nblk, int64_t b0, int64_t nb, float * acc) {
+    constexpr int R = 16;
+    thread_local std::vector<float> g, gmax;
+    thread_local std::vector<int32_t> qi, gsum;
+    thread_local std::vector<uint16_t> pairs;
+    const int64_t nb8 = (nb + 7) / 8 * 8;  // padded to whole vectors
+    g.resize((size_t) R * nb8);
+    qi.resize((size_t) R * nb8);
+    gmax.resize(nb8);
+    gsum.resize(nb8);
+    pairs.resize((size_t) nb8 * (R / 2));
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const size_t d_off = 2 * (size_t) b0, q_off = 2 * (size_t) nblk + 16 * (size_t) b0;
+    // Prefetch: the next group's rows, spread evenly over this group's blocks (a burst of every line at once
+    // overflows the miss queues and stalls; a few lines per block keep them busy without filling them).
+    const int64_t ls = (2 * nb + 63) / 64 + 1, lq = (16 * nb + 63) / 64 + 1;  // lines a row's runs may span
+    const int64_t lines = R * (ls + lq);
+    // (Not a lambda: GCC drops the prefetches of a lambda inside a target("avx2") function.)
+#define SIRIUS_FETCH_LINE(j, l)                                                                                   \
+    do {                                                                                                          \
+        const int64_t fj = (j), fl = (l);                                                                         \
+        if (fj < n) {                                                                                             \
+            const uint8_t * fp = fl < ls ? std::min(rows[fj] + d_off + 64 * fl, rows[fj] + d_off + 2 * nb - 1)     \
+                                         : std::min(rows[fj] + q_off + 64 * (fl - ls), rows[fj] + q_off + 16 * nb - 1); \
+            _mm_prefetch(reinterpret_cast<const char *>(fp), _MM_HINT_T0);                                        \
+        }                                                                                                         \
+    } while (0)
+    for (int64_t r = 0; r < R; ++r) {
+        for (int64_t l = 0; l < ls + lq; ++l) SIRIUS_FETCH_LINE(r, l);
+    }
+    for (int64_t j0 = 0; j0 < n; j0 += R) {
+        const int64_t m = std::min<int64_t>(R, n - j0);
+        const uint8_t * rr[R];
+        for (int r = 0; r < R; ++r) rr[r] = rows[j0 + std::min<int64_t>(r, m - 1)];  // padding rows: coefficient 0
+        // 1. g = h * d and each block's largest |g|
+        std::fill(gmax.begin(), gmax.end(), 0.0f);
+        for (int r = 0; r < R; ++r) {
+            const float hr = r < m ? h[j0 + r] : 0.0f;
+            const uint16_t * d = reinterpret_cast<const uint16_t *>(rr[r] + d_off);
+            float * gr = g.data() + (size_t) r * nb8;
+            int64_t b = 0;
+            for (; b + 8 <= nb; b += 8) {
+                const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(d + b))), _mm256_set1_ps(hr));
+                _mm256_storeu_ps(gr + b, v);
+                _mm256_storeu_ps(gmax.data() + b, _mm256_max_ps(_mm256_loadu_ps(gmax.data() + b), _mm256_andnot_ps(sign, v)));
+            }
+            for (; b < nb; ++b) {
+                const float v = hr * _cvtsh_ss(d[b]);
+                gr[b] = v;
+                gmax[b] = std::max(gmax[b], std::fabs(v));
+            }
+            std::fill(gr + nb, gr + nb8, 0.0f);
+        }
+        // 2. int8 coefficients, their sums per block, and the pairs' 16-bit broadcasts
+        std::fill(gsum.begin(), gsum.end(), 0);
+        for (int64_t b = 0; b < nb8; b += 8) {
+            const __m256 mx = _mm256_loadu_ps(gmax.data() + b);
+            const __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(127.0f), mx), _mm256_cmp_ps(mx, _mm256_setzero_ps(), _CMP_GT_OQ));
+            __m256i sum = _mm256_setzero_si256();
+            for (int r = 0; r < R; ++r) {
+                const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(g.data() + (size_t) r * nb8 + b), inv));
+                _mm256_storeu_si256(reinterpret_cast<__m256i *>(qi.data() + (size_t) r * nb8 + b), q);
+                sum = _mm256_add_epi32(sum, q);
+            }
+            _mm256_storeu_si256(reinterpret_cast<__m256i *>(gsum.data() + b), sum);
+            _mm256_storeu_ps(gmax.data() + b, _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / 127.0f)));  // now the step
+        }
+        for (int p = 0; p < R / 2; ++p) {
+            const int32_t * q1 = qi.data() + (size_t) (2 * p) * nb8, * q2 = qi.data() + (size_t) (2 * p + 1) * nb8;
+            for (int64_t b = 0; b < nb; ++b) pairs[(size_t) b * (R / 2) + p] = (uint16_t) ((q1[b] & 0xff) | ((q2[b] & 0xff) << 8));
+        }
+        // 3. per block: the 16 rows' products in int16, then one float update of acc
+        for (int64_t b = 0; b < nb; ++b) {
+            for (int64_t i = lines * b / nb; i < lines * (b + 1) / nb; ++i) SIRIUS_FETCH_LINE(j0 + R + i / (ls + lq), i % (ls + lq));
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
+            const uint16_t * pw = pairs.data() + (size_t) b * (R / 2);
+            for (int p = 0; p < R / 2; ++p) {
+                const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[2 * p] + q_off + 16 * b));
+                const __m128i q2 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[2 * p + 1] + q_off + 16 * b));
+                // [columns 0-15 | columns 16-31] of each row, one nibble per byte
+                const __m256i a1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q1, 4), m4), _mm_and_si128(q1, m4));
+                const __m256i a2 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q2, 4), m4), _mm_and_si128(q2, m4));
+                const __m256i w = _mm256_set1_epi16((short) pw[p]);
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a1, a2), w));  // columns 0-7 | 16-23
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a1, a2), w));  // columns 8-15 | 24-31
+            }
+            const __m256i bias = _mm256_set1_epi32(-8 * gsum[b]);
+            const __m256 step = _mm256_set1_ps(gmax[b]);
+            float * o = acc + b * 32;
+            const __m256i c0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s0)), bias);
+            const __m256i c1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s1)), bias);
+            const __m256i c2 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s0, 1)), bias);
+            const __m256i c3 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1, 1)), bias);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), step, _mm256_loadu_ps(o)));
+            _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), step, _mm256_loadu_ps(o + 8)));
+            _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c2), step, _mm256_loadu_ps(o + 16)));
+            _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c3), step, _mm256_loadu_ps(o + 24)));
+        }
+    }
+}
+
+#undef SIRIUS_FETCH_LINE
+
+// Q8_0 in float: four rows at a time, so each 32-float block of acc is loaded and stored once per four rows.
+__attribute__((target("avx2,fma,f16c"))) void axpy_q8_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
+                                                             int64_t, int64_t b0, int64_t nb, float * acc) {
+    const size_t off = sizeof(BlockQ8) * (size_t) b0, bytes = sizeof(BlockQ8) * (size_t) nb;
+    for (int64_t j = 0; j < std::min<int64_t>(n, 16); ++j) prefetch(rows[j] + off, bytes);
+    for (int64_t j = 0; j < n; j += 4) {
+        for (int64_t q = j + 16; q < std::min<int64_t>(n, j + 20); ++q) prefetch(rows[q] + off, bytes);
+        const int64_t m = std::min<int64_t>(4, n - j);
+        const BlockQ8 * r[4];
+        float hj[4];
+        for (int q = 0; q < 4; ++q) {
+            r[q] = reinterpret_cast<const BlockQ8 *>(rows[j + std::min<int64_t>(q, m - 1)]) + b0;
+            hj[q] = q < m ? h[j + q] : 0.0f;
+        }
+        for (int64_t b = 0; b < nb; ++b) {
+            float * o = acc + b * 32;
+            __m256 a0 = _mm256_loadu_ps(o), a1 = _mm256_loadu_ps(o + 8), a2 = _mm256_loadu_ps(o + 16), a3 = _mm256_loadu_ps(o + 24);
+            for (int q = 0; q < 4; ++q) {
+                const __m256 vs = _mm256_set1_ps(hj[q] * _cvtsh_ss(r[q][b].d));
+                const __m128i q0 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(r[q][b].qs));
+                const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(r[q][b].qs + 16));
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q0)), vs, a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q0, 8))), vs, a1);
+                a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q1)), vs, a2);
+                a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(q1, 8))), vs, a3);
+            }
+            _mm256_storeu_ps(o, a0);
+            _mm256_storeu_ps(o + 8, a1);
+            _mm256_storeu_ps(o + 16, a2);
+            _mm256_storeu_ps(o + 24, a3);
+        }
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) void axpy_f16_avx2(const uint8_t * const * rows, const float * h, int64_t n,
+                                                            int64_t, int64_t b0, int64_t nb, float * acc) {
+    for (int64_t j = 0; j < n; ++j) {
+        if (j + 8 < n) prefetch(rows[j + 8] + 64 * b0, 64 * (size_t) nb);
+        const __m256 vs = _mm256_set1_ps(h[j]);
+        const uint16_t * r = reinterpret_cast<const uint16_t *>(rows[j]) + 32 * b0;
+        for (int64_t i = 0; i < nb * 32; i += 8) {
+            const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(r + i)));
+            _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(w, vs, _mm256_loadu_ps(acc + i)));
+        }
+    }
+}
+
+bool has_avx2() {
+    static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    return v;
+}
+#endif
+
+using AxpyFn = void (*)(const uint8_t * const *, const float *, int64_t, int64_t, int64_t, int64_t, float *);
+
+AxpyFn axpy_for(ggml_type t) {
+#ifdef SIRIUS_X86
+    static const bool scalar = [] {
+        const char * v = getenv("SIRIUS_AXPY");
+        return v && strcmp(v, "scalar") == 0;
+    }();
+    if (has_avx2() && !scalar) {
+        switch (t) {
+            case GGML_TYPE_Q4_0: return axpy_q4_0_avx2;
+            case GGML_TYPE_Q8_0: return axpy_q8_0_avx2;
+            case GGML_TYPE_F16: return axpy_f16_avx2;
+            default: break;
+        }
+    }
+#endif
+    switch (t) {
+        case GGML_TYPE_Q4_0: return axpy_q4_0;
+        case GGML_TYPE_Q8_0: return axpy_q8_0;
+        case GGML_TYPE_F16: return axpy_f16;
+        case GGML_TYPE_F32: return axpy_f32;
+        default: return nullptr;
+    }
+}
+
+// src: sel, down_nm [n_embd, n_ff]; dst y [n_embd]. Thread ith computes y's 32-column blocks
+// [nblk * ith / nth, nblk * (ith + 1) / nth) from every kept row (accumulated in L1; no reduction after).
+void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
+    const ggml_tensor * sel_t = dst->src[0], * down = dst->src[1];
+    const int64_t n_embd = down->ne[0], n_ff = down->ne[1], nblk = n_embd / 32;
+    const float * sel = static_cast<const float *>(sel_t->data);
+    int32_t count;
+    memcpy(&count, sel, sizeof(count));
+    const int32_t * ids = reinterpret_cast<const int32_t *>(sel + kSelHeader);
+    const float * h = sel + kSelHeader + n_ff;
+
+    const int64_t b0 = nblk * ith / nth, b1 = nblk * (ith + 1) / nth;
+    float * y = static_cast<float *>(dst->data);
+    if (b1 <= b0) return;
+    thread_local std::vector<float> acc;
+    thread_local std::vector<const uint8_t *> rows;
+    acc.assign((size_t) (b1 - b0) * 32, 0.0f);
+    const size_t row = ggml_row_size(down->type, n_embd);
+    const uint8_t * base = static_cast<const uint8_t *>(down->data);
+    rows.resize(count);
+    for (int32_t q = 0; q < count; ++q) rows[q] = base + (size_t) ids[q] * row;
+    if (count > 0) axpy_for(down->type)(rows.data(), h, count, nblk, b0, b1 - b0, acc.data());
+    std::copy(acc.begin(), acc.end(), y + b0 * 32);
+}
+
+// Calibration: dst = a ([n_ff, n_tok]) unchanged; adds every |a| to the layer's histogram (userdata: the
+// session's score_hist[il], which stays put while recording). Thread 0 does it all (cheap): ggml-cpu calls a
+// custom op on every thread whatever its n_tasks.
+void record_scores(ggml_tensor * dst, int ith, int, void * userdata) {
+    if (ith != 0) return;
+    auto * hist = static_cast<std::vector<uint64_t> *>(userdata);
+    const ggml_tensor * a = dst->src[0];
+    const float * av = static_cast<const float *>(a->data);
+    memcpy(dst->data, av, ggml_nbytes(a));
+    const int64_t n = ggml_nelements(a);
+    for (int64_t i = 0; i < n; ++i) (*hist)[sirius_score_bin(av[i])]++;
+}
+
+ggml_tensor * act(ggml_context * ctx, ggml_tensor * g, bool gelu) { return gelu ? ggml_gelu(ctx, g) : ggml_silu(ctx, g); }
+
+// The llama_sirius_ffn_builder: single-neuron decodes (single-token ubatches in sparse mode, on layers that have
+// a NeuronLayer) and score recording (dense batches); NULL (llama.cpp's own FFN) for everything else.
+ggml_tensor * build(ggml_context * ctx, ggml_tensor * cur, int32_t il, ggml_tensor * up, ggml_tensor * gate,
+                    ggml_tensor * down, bool gelu, bool sparse, void * user) {
+    auto * s = static_cast<sirius_session *>(user);
+    const int64_t n_tok = cur->ne[1];
+    if (cur->ne[2] * cur->ne[3] != 1 || cur->type != GGML_TYPE_F32) return nullptr;
+    if (sparse && n_tok == 1 && s->sparse && il < (int32_t) s->sparse->neurons.size() && s->sparse->neurons[il]) {
+        NeuronLayer * L = s->sparse->neurons[il].get();
+        const ggml_tensor * const * row6 = &s->sparse->table[(size_t) il * 6];
+        if (row6[0] != up || row6[1] != gate || row6[2] != down) return nullptr;
+        ggml_tensor * x = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
+        ggml_tensor * a = act(ctx, ggml_mul_mat(ctx, gate, x), gelu);
+        return neuron_ffn_nodes(ctx, a, x, L);
+    }
+    if (!sparse && s->record_scores && il < (int32_t) s->score_hist.size() && !s->score_hist[il].empty()) {
+        const int64_t n_ff = up->ne[1];
+        ggml_tensor * a = act(ctx, ggml_mul_mat(ctx, gate, cur), gelu);
+        ggml_tensor * args[1] = {a};
+        a = ggml_custom_4d(ctx, GGML_TYPE_F32, n_ff, n_tok, 1, 1, args, 1, record_scores, GGML_N_TASKS_MAX, &s->score_hist[il]);
+        ggml_tensor * h = ggml_mul(ctx, a, ggml_mul_mat(ctx, up, cur));
+        ggml_format_name(h, gelu ? "ffn_geglu-%d" : "ffn_swiglu-%d", il);
+        return ggml_mul_mat(ctx, down, h);
+    }
+    return nullptr;
+}
+
+}  // namespace
+
+void neuron_ffn_sync(sirius_session * s) {
+    const bool neurons = s->sparse && std::any_of(s->sparse->neurons.begin(), s->sparse->neurons.end(),
+                                                  [](const std::unique_ptr<NeuronLayer> & L) { return L != nullptr; });
+    const bool on = neurons || s->record_scores;
+    llama_sirius_set_ffn_builder(s->ctx, on ? build : nullptr, on ? s : nullptr);
+}
+
+// The two kernels' nodes for one layer (build, and sirius_ggml_neuron_ffn's check graph): y [n_embd] from
+// a = act(gate x) [n_ff] and x [n_embd]; NULL if down's type has no kernel.
+ggml_tensor * neuron_ffn_nodes(ggml_context * ctx, ggml_tensor * a, ggml_tensor * x, NeuronLayer * L) {
+    if (!axpy_for(L->down->type) || L->down->ne[0] % 32 != 0) return nullptr;
+    ggml_tensor * args_up[3] = {a, x, L->up};
+    ggml_tensor * sel = ggml_custom_4d(ctx, GGML_TYPE_F32, sel_size(L->up->ne[1]), 1, 1, 1, args_up, 3, neuron_up, GGML_N_TASKS_MAX, L);
+    ggml_format_name(sel, "ffn_neuron_sel-%d", L->il);
+    ggml_tensor * args_down[2] = {sel, L->down};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, L->down->ne[0], 1, 1, 1, args_down, 2, neuron_down, GGML_N_TASKS_MAX, nullptr);
+}
+
+int32_t neuron_nodes_kept(const ggml_tensor * y, const int32_t ** ids) {
+    const float * sel = static_cast<const float *>(y->src[0]->data);
+    int32_t count;
+    memcpy(&count, sel, sizeof(count));
+    *ids = reinterpret_cast<const int32_t *>(sel + kSelHeader);
+    return count;
+}
+
+}  // namespace sirius
+
+extern "C" {
+
+int32_t sirius_score_bin(float v) { return (int32_t) (sirius::abs_bits(v) >> 15); }
+
+float sirius_score_bin_floor(int32_t bin) {
+    const uint32_t u = (uint32_t) std::clamp<int32_t>(bin, 0, SIRIUS_SCORE_BINS - 1) << 15;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+int32_t sirius_set_thresholds(sirius_session * s, const float * thresholds, int32_t n) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    const int32_t n_layer = llama_model_n_layer(s->model->model);
+    if (!thresholds || n == 0) {
+        s->thresholds.clear();
+        return SIRIUS_OK;
+    }
+    if (n != n_layer) {
+        return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "thresholds: got " + std::to_string(n) + " values for a model of " +
+                                                             std::to_string(n_layer) + " layers (one per layer)");
+    }
+    for (int32_t i = 0; i < n; ++i) {
+        if (!std::isfinite(thresholds[i]) || thresholds[i] < 0.0f) {
+            return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "thresholds must be finite and >= 0 (layer " + std::to_string(i) + ")");
+        }
+    }
+    s->thresholds.assign(thresholds, thresholds + n);
+    if (s->sparse && s->sparse->sparsity == SIRIUS_SPARSITY_THRESHOLD) {  // live: the kernels read it per decode
+        for (auto & L : s->sparse->neurons) {
+            if (L) L->threshold = s->thresholds[L->il];
+        }
+    }
+    return SIRIUS_OK;
+}
+
+int32_t sirius_neuron_scores_record(sirius_session * s, int32_t record) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    const int32_t n_layer = llama_model_n_layer(s->model->model);
+    if (record) {  // reset: the graphs built from here on point into these vectors
+        s->score_hist.assign(n_layer, {});
+        sirius::LayerFFN f;
+        for (int32_t il = 0; il < n_layer; ++il) {
+            if (sirius::layer_ffn(s->model->model, il, f)) s->score_hist[il].assign(SIRIUS_SCORE_BINS, 0);
+        }
+    }
+    s->record_scores = record != 0;
+    sirius::neuron_ffn_sync(s);
+    return SIRIUS_OK;
+}
+
+int32_t sirius_neuron_score_hist(const sirius_session * s, int32_t il, uint64_t * out, int32_t n_max) {
+    if (!s || il < 0 || il >= (int32_t) s->score_hist.size()) return -1;
+    const auto & h = s->score_hist[il];
+    if (out) std::copy_n(h.begin(), std::min<size_t>(h.size(), (size_t) std::max(n_max, 0)), out);
+    return (int32_t) h.size();
+}
+
+int32_t sirius_threshold_kept(const sirius_session * s, int64_t * kept, int64_t * seen) {
+    if (!s) return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "session is NULL");
+    int64_t k = 0, n = 0;
+    if (s->sparse) {
+        for (const auto & L : s->sparse->neurons) {
+            if (!L) continue;
+            k += L->kept.load();
+            n += L->seen.load();
+        }
+    }
+    if (kept) *kept = k;
+    if (seen) *seen = n;
+    return SIRIUS_OK;
+}
+
+}  // extern "C"

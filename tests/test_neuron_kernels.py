@@ -1,0 +1,199 @@
+"""The single-neuron FFN kernels of per-token sparsity (native/neuron_ffn.cpp) on random data, through
+sirius_ggml_neuron_ffn (a ggml graph with the kernels' two custom ops, run with 1-3 threads): the kept set is the
+exact top-k of |a| (ties to the lower index) or exactly the threshold's; the output matches a NumPy reference
+for every up type the test models use and every neuron-major down type; with every neuron kept it matches
+ggml's own dense path; the AVX2 and portable kernels agree."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gguf import GGMLQuantizationType as QT
+from gguf.quants import dequantize, quantize
+
+from sirius_local._native import check, ffi, lib
+from test_kernels import BLOCK, X86_AVX2, ggml_mul_mat, q8_bound, random_blocks
+
+N_EMBD, N_FF = 768, 200  # 3 K-quant super-blocks, 24 blocks of 32 (thread splits of 4-12 blocks: vector tails); 200 neurons
+UP_TYPES = [QT.Q4_K, QT.Q6_K, QT.Q4_1, QT.Q8_0, QT.Q4_0, QT.Q5_0, QT.F16, QT.F32]
+DOWN_TYPES = [QT.Q4_0, QT.Q8_0, QT.F16, QT.F32]
+
+
+def make_up(qtype, rng):
+    """Raw rows [N_FF, bytes] and their values [N_FF, N_EMBD]."""
+    if qtype in BLOCK:
+        raw = random_blocks(qtype, N_FF, N_EMBD, rng)
+    else:
+        raw = quantize((rng.standard_normal((N_FF, N_EMBD)) * 0.05).astype(np.float32), qtype)
+    return np.ascontiguousarray(raw), dequantize(raw, qtype).reshape(N_FF, N_EMBD).astype(np.float64)
+
+
+def make_down(qtype, rng):
+    """The neuron-major down as the engine stores it (Q4_0 rows: their blocks' scales first, then the nibbles)
+    and its values [N_FF, N_EMBD]."""
+    w = (rng.standard_normal((N_FF, N_EMBD)) * rng.uniform(0.01, 0.1, size=(N_FF, 1))).astype(np.float32)
+    raw = quantize(w, qtype)
+    vals = dequantize(raw, qtype).reshape(N_FF, N_EMBD).astype(np.float64)
+    if qtype == QT.Q4_0:
+        blocks = raw.reshape(N_FF, N_EMBD // 32, 18)
+        raw = np.concatenate([blocks[:, :, :2].reshape(N_FF, -1), blocks[:, :, 2:].reshape(N_FF, -1)], axis=1)
+    return np.ascontiguousarray(raw.view(np.uint8).reshape(N_FF, -1)), vals, raw
+
+
+def neuron_ffn(up_t, up, down_t, down, a, x, k=0, threshold=0.0, threads=2):
+    y = np.zeros(N_EMBD, dtype=np.float32)
+    kept = np.zeros(N_FF, dtype=np.int32)
+    n = ffi.new("int32_t *")
+    check(lib.sirius_ggml_neuron_ffn(int(up_t), int(down_t), N_EMBD, N_FF, ffi.cast("void *", up.ctypes.data),
+                                     ffi.cast("void *", down.ctypes.data), ffi.cast("float *", a.ctypes.data),
+                                     ffi.cast("float *", x.ctypes.data), k, threshold, threads,
+                                     ffi.cast("float *", y.ctypes.data), ffi.cast("int32_t *", kept.ctypes.data), n))
+    return y, kept[:n[0]].tolist()
+
+
+def reference_topk(a, k):
+    order = np.lexsort((np.arange(len(a)), -np.abs(a)))  # |a| descending, ties to the lower index
+    return sorted(order[:k].tolist())
+
+
+def up_bound(qtype, wf, x):
+    """How far ggml's product of up rows with x may be from the float one: x is rounded to the type's
+    vec_dot input (8 bits per block of 32 or 256; F16 for F16 weights; exact for F32)."""
+    if qtype == QT.F32:
+        return 1e-5 * (np.abs(wf) @ np.abs(x)) + 1e-7
+    if qtype == QT.F16:
+        return 2.0 ** -10 * (np.abs(wf) @ np.abs(x)) + 1e-7
+    block = 256 if qtype in (QT.Q4_K, QT.Q6_K) else 32
+    return q8_bound(wf, x[None, :], block=block)[0]
+
+
+def down_bound(down_t, hk, raw_rows):
+    """The int8 rounding of the AVX2 Q4_0 kernel: per group of 16 kept rows and block of 32 columns, each
+    coefficient h * d moves by at most half a step (the group's largest |h * d| / 127), times |q - 8|."""
+    if down_t != QT.Q4_0:
+        return 0.0
+    nb = N_EMBD // 32
+    d = raw_rows[:, :2 * nb].copy().view(np.float16).astype(np.float64)                 # [k, nb]
+    q = raw_rows[:, 2 * nb:].reshape(len(hk), nb, 16)
+    q = np.concatenate([q & 15, q >> 4], axis=2).astype(np.float64) - 8                # [k, nb, 32]
+    g = np.abs(hk[:, None] * d)
+    bound = np.zeros((nb, 32))
+    for j0 in range(0, len(hk), 16):
+        half_step = g[j0:j0 + 16].max(axis=0) / 127 / 2                               # [nb]
+        bound += half_step[:, None] * np.abs(q[j0:j0 + 16]).sum(axis=0)
+    return bound.reshape(-1) * 1.01
+
+
+@pytest.mark.parametrize("up_t", UP_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("down_t", DOWN_TYPES, ids=lambda t: t.name)
+def test_kernels_match_the_numpy_reference(up_t, down_t):
+    rng = np.random.default_rng(int(up_t) * 31 + int(down_t))
+    up, upf = make_up(up_t, rng)
+    down, downf, _ = make_down(down_t, rng)
+    x = rng.standard_normal(N_EMBD).astype(np.float32)
+    a = rng.standard_normal(N_FF).astype(np.float32)
+    for k, threads in [(N_FF // 2, 2), (37, 3), (N_FF, 1), (1, 2), (150, 5)]:
+        y, kept = neuron_ffn(up_t, up, down_t, down, a, x, k=k, threads=threads)
+        assert kept == reference_topk(a, k)
+        u = upf[kept] @ x.astype(np.float64)
+        hk = a[kept].astype(np.float64) * u
+        ref = hk @ downf[kept]
+        raw_rows = down[kept] if down_t == QT.Q4_0 else None
+        bound = (np.abs(a[kept]) * up_bound(up_t, upf[kept], x.astype(np.float64))) @ np.abs(downf[kept])
+        bound = bound + (down_bound(down_t, hk, raw_rows) if raw_rows is not None else 0.0)
+        bound = bound + 1e-5 * (np.abs(hk) @ np.abs(downf[kept])) + 1e-6
+        err = np.abs(y - ref)
+        assert (err <= bound).all(), (k, threads, float((err / bound).max()))
+
+
+def test_topk_ties_go_to_the_lower_index():
+    rng = np.random.default_rng(3)
+    up, _ = make_up(QT.F32, rng)
+    down, _, _ = make_down(QT.F32, rng)
+    x = rng.standard_normal(N_EMBD).astype(np.float32)
+    a = np.round(rng.standard_normal(N_FF), 1).astype(np.float32)  # many equal |a|, of both signs
+    a[:20] = 0.5
+    a[100:120] = -0.5
+    for k in (1, 10, 25, 60, 100, 199, 200):
+        assert neuron_ffn(QT.F32, up, QT.F32, down, a, x, k=k)[1] == reference_topk(a, k), k
+    assert neuron_ffn(QT.F32, up, QT.F32, down, np.zeros(N_FF, np.float32), x, k=5)[1] == [0, 1, 2, 3, 4]
+
+
+def test_threshold_keeps_exactly_the_values_that_reach_it():
+    rng = np.random.default_rng(4)
+    up, _ = make_up(QT.Q4_K, rng)
+    down, _, _ = make_down(QT.Q4_0, rng)
+    x = rng.standard_normal(N_EMBD).astype(np.float32)
+    a = rng.standard_normal(N_FF).astype(np.float32)
+    for t in (0.0, 0.3, float(np.abs(a[17])), 10.0):
+        y, kept = neuron_ffn(QT.Q4_K, up, QT.Q4_0, down, a, x, threshold=t)
+        assert kept == np.nonzero(np.abs(a) >= np.float32(t))[0].tolist(), t
+        if not kept:
+            assert not y.any()
+
+
+@pytest.mark.parametrize("up_t", [QT.Q4_K, QT.Q4_1, QT.F32], ids=lambda t: t.name)
+def test_every_neuron_kept_is_ggmls_dense_ffn(up_t):
+    """With all neurons kept and an F32 down, the kernels compute what ggml's dense mul_mat of up, the product
+    with a and the dense down mul_mat compute: up's rows through the same vec_dot (bit for bit), the down sum in
+    another order."""
+    rng = np.random.default_rng(9)
+    up, _ = make_up(up_t, rng)
+    down, downf, raw = make_down(QT.F32, rng)
+    x = rng.standard_normal(N_EMBD).astype(np.float32)
+    a = rng.standard_normal(N_FF).astype(np.float32)
+    y, kept = neuron_ffn(up_t, up, QT.F32, down, a, x, threshold=0.0)
+    assert kept == list(range(N_FF))
+    u = ggml_mul_mat(up_t, up, x[None, :], threads=1)[0]
+    h = (a * u).astype(np.float32)
+    dense = ggml_mul_mat(QT.F32, np.ascontiguousarray(raw.reshape(N_FF, N_EMBD).T), h[None, :], threads=1)[0]
+    np.testing.assert_allclose(y, dense, rtol=2e-5, atol=1e-5 * np.abs(dense).max())
+
+
+@pytest.mark.skipif(not X86_AVX2, reason="the AVX2 kernels are the ones compared with the portable ones")
+def test_portable_kernels_agree_with_the_avx2_ones():
+    """SIRIUS_AXPY=scalar (read once per process) runs the portable kernels, which ARM and older x86 CPUs use:
+    the same kept sets and, within the AVX2 Q4_0 kernel's int8 rounding, the same outputs."""
+    code = r"""
+import numpy as np, sys
+sys.path.insert(0, %r)
+from test_neuron_kernels import *
+out = []
+for down_t in DOWN_TYPES:
+    rng = np.random.default_rng(int(down_t))
+    up, _ = make_up(QT.Q4_K, rng)
+    down, _, _ = make_down(down_t, rng)
+    x = rng.standard_normal(N_EMBD).astype(np.float32)
+    a = rng.standard_normal(N_FF).astype(np.float32)
+    out.append(neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=120)[0])
+np.save(sys.argv[1], np.stack(out))
+""" % os.path.dirname(__file__)
+    results = {}
+    for mode in ("scalar", "avx2"):
+        env = dict(os.environ, SIRIUS_AXPY=mode)
+        path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{mode}-{os.getpid()}.npy")
+        subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))
+        results[mode] = np.load(path)
+        os.remove(path)
+    for i, down_t in enumerate(DOWN_TYPES):
+        s, v = results["scalar"][i], results["avx2"][i]
+        tol = 0.02 if down_t == QT.Q4_0 else 1e-4
+        assert np.abs(s - v).max() <= tol * np.abs(s).max(), (down_t.name, float(np.abs(s - v).max()))
+
+
+def test_bad_arguments_are_errors_not_crashes():
+    z = np.zeros(N_FF * N_EMBD * 4, dtype=np.uint8)
+    a = np.zeros(N_FF, np.float32)
+    x = np.zeros(N_EMBD, np.float32)
+    with pytest.raises(Exception, match="multiple of 32"):
+        check(lib.sirius_ggml_neuron_ffn(int(QT.F32), int(QT.F32), 33, N_FF, ffi.cast("void *", z.ctypes.data),
+                                         ffi.cast("void *", z.ctypes.data), ffi.cast("float *", a.ctypes.data),
+                                         ffi.cast("float *", x.ctypes.data), 1, 0.0, 1, ffi.cast("float *", x.ctypes.data),
+                                         ffi.NULL, ffi.NULL))
+    with pytest.raises(Exception, match="no neuron-major kernel"):
+        check(lib.sirius_ggml_neuron_ffn(int(QT.F32), int(QT.Q4_K), 256, 4, ffi.cast("void *", z.ctypes.data),
+                                         ffi.cast("void *", z.ctypes.data), ffi.cast("float *", a.ctypes.data),
+                                         ffi.cast("float *", z.ctypes.data), 1, 0.0, 1, ffi.cast("float *", z.ctypes.data),
+                                         ffi.NULL, ffi.NULL))
