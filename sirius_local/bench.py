@@ -192,8 +192,10 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             sts = stats[c]
             st = sts[-1]
             tps = statistics.median(samples[c])
-            # threshold keeps a varying share of neurons: the one its decodes measured
-            dens = (statistics.median(x["density_measured"] for x in sts) if sp == "threshold"
+            # threshold keeps a varying share of neurons: the one its decodes measured (the calibrated one when
+            # none ran sparse, as `auto` may decide)
+            measured = [x["density_measured"] for x in sts if x.get("density_measured")]
+            dens = (statistics.median(measured) if sp == "threshold" and measured
                     else st.get("density_actual", 1.0))
             if mode == "dense":
                 if "dense" not in modes:
