@@ -160,8 +160,8 @@ bool save(const std::string & path, const NeuronDown & nd, uint64_t size, uint64
 
 }  // namespace
 
-// The neuron-major down's type for a layer whose ffn_down is of type src: float weights stay float (F16), 8-bit
-// ones Q8_0, lower ones Q4_0 (the 0.5625 bytes per weight of the original K-quants; Q8_0 would read nearly
+// The neuron-major down's type for a layer whose ffn_down is of type src: Griffin's rule (requantised_down_type:
+// float weights stay float, here F16; 8-bit ones Q8_0, lower ones Q4_0) (the 0.5625 bytes per weight of the original K-quants; Q8_0 would read nearly
 // twice the bytes a dense Q4_K down reads). Measured on Qwen2.5-Coder-1.5B: benchmarks/NOTES.md, "Per-token
 // sparsity on single neurons". SIRIUS_NEURON_DOWN=TYPE (q8_0, q4_0, f16, f32) overrides it for measurements;
 // *why is set when its value is unusable.
@@ -176,9 +176,8 @@ ggml_type neuron_down_type(ggml_type src, const char ** why) {
         *why = "SIRIUS_NEURON_DOWN is not a neuron-major down type: use q8_0, q4_0, f16 or f32";
         return GGML_TYPE_Q8_0;
     }
-    if (src == GGML_TYPE_F32 || src == GGML_TYPE_F16 || src == GGML_TYPE_BF16) return GGML_TYPE_F16;
-    const double bits = 8.0 * (double) ggml_type_size(src) / (double) ggml_blck_size(src);
-    return bits >= 8.0 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
+    const ggml_type t = requantised_down_type(src);
+    return t == GGML_TYPE_BF16 ? GGML_TYPE_F16 : t;  // (no BF16 kernel)
 }
 
 int32_t neuron_down(sirius_model * m, int32_t n_threads, std::shared_ptr<const NeuronDown> & out) {

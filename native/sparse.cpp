@@ -136,13 +136,7 @@ ggml_type griffin_down_type(ggml_type src, const char ** why) {
                                         GGML_TYPE_Q4_K, GGML_TYPE_Q5_K, GGML_TYPE_Q6_K};
     *why = nullptr;
     const char * v = getenv("SIRIUS_GRIFFIN_DOWN");
-    if (!v || !*v) {
-        if (src == GGML_TYPE_F32 || src == GGML_TYPE_F16 || src == GGML_TYPE_BF16) {
-            return src == GGML_TYPE_BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F16;  // float weights stay float
-        }
-        const double bits = 8.0 * (double) ggml_type_size(src) / (double) ggml_blck_size(src);
-        return bits >= 8.0 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
-    }
+    if (!v || !*v) return requantised_down_type(src);
     if (strcmp(v, "orig") == 0) return src;
     for (ggml_type t : allowed) {
         if (strcasecmp(v, ggml_type_name(t)) == 0) return t;
@@ -152,6 +146,14 @@ ggml_type griffin_down_type(ggml_type src, const char ** why) {
 }
 
 }  // namespace
+
+ggml_type requantised_down_type(ggml_type src) {
+    if (src == GGML_TYPE_F32 || src == GGML_TYPE_F16 || src == GGML_TYPE_BF16) {
+        return src == GGML_TYPE_BF16 ? GGML_TYPE_BF16 : GGML_TYPE_F16;  // float weights stay float
+    }
+    const double bits = 8.0 * (double) ggml_type_size(src) / (double) ggml_blck_size(src);
+    return bits >= 8.0 ? GGML_TYPE_Q8_0 : GGML_TYPE_Q4_0;
+}
 
 // Weight bytes one dense decode step reads: every tensor of the GGUF once, except the token embedding (one row),
 // unless it doubles as the output head.

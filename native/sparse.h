@@ -154,5 +154,8 @@ void select_topk(const float * a, int64_t n, int64_t k, std::vector<int32_t> & o
 // neuron_down.cpp: the model's neuron-major down into out, loaded from its cache or built (on n_threads threads).
 int32_t neuron_down(sirius_model * m, int32_t n_threads, std::shared_ptr<const NeuronDown> & out);
 ggml_type neuron_down_type(ggml_type src, const char ** why);
+// sparse.cpp: the type a requantised copy of ffn_down gets by default (Griffin's compact down, the neuron-major
+// down): float weights stay float, 8-bit ones Q8_0, lower ones Q4_0.
+ggml_type requantised_down_type(ggml_type src);
 
 }  // namespace sirius
