@@ -241,9 +241,12 @@ int32_t neuron_down(sirius_model * m, int32_t n_threads, std::shared_ptr<const N
         if (!file->tensor(f.name[2], ggml_nbytes(f.down))) {
             return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[2] + " from " + m->path);
         }
-        nd->owned[il].resize(ggml_row_size(type, f.n_embd) * (size_t) f.n_ff);
-        nd->rows[il] = nd->owned[il].data();
-        nd->bytes += (int64_t) nd->owned[il].size();
+        // ggml wraps the rows in a CPU buffer, which must start on its tensor alignment (a heap vector's need not).
+        const size_t n = ggml_row_size(type, f.n_embd) * (size_t) f.n_ff;
+        nd->owned[il].resize(n + kRowAlign);
+        const uintptr_t at = reinterpret_cast<uintptr_t>(nd->owned[il].data());
+        nd->rows[il] = nd->owned[il].data() + ((kRowAlign - at % kRowAlign) % kRowAlign);
+        nd->bytes += (int64_t) n;
         todo.push_back(il);
     }
     std::atomic<size_t> next{0};
@@ -253,7 +256,7 @@ int32_t neuron_down(sirius_model * m, int32_t n_threads, std::shared_ptr<const N
         for (size_t i; (i = next++) < todo.size() && ok;) {
             const LayerFFN & f = layers[todo[i]];
             const uint8_t * src = file->tensor(f.name[2], ggml_nbytes(f.down));
-            if (!transpose_layer(src, f.down->type, f.n_ff, f.n_embd, type, nd->owned[todo[i]].data(), full, tile)) ok = false;
+            if (!transpose_layer(src, f.down->type, f.n_ff, f.n_embd, type, const_cast<uint8_t *>(nd->rows[todo[i]]), full, tile)) ok = false;
         }
     };
     std::vector<std::thread> pool;

@@ -282,6 +282,10 @@ bool ffn_on_cpu(const LayerFFN & f) {
 // A CPU tensor of `type`, ne0 x ne1, over bytes already in memory (a mapping), held in out.
 int32_t tensor_over(const uint8_t * data, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out) {
     const size_t n = ggml_row_size(type, ne0) * (size_t) ne1;
+    if (reinterpret_cast<uintptr_t>(data) % 32 != 0) {  // ggml aborts on it (TENSOR_ALIGNMENT)
+        return fail(SIRIUS_ERR_UNSUPPORTED, "a tensor's bytes are not 32-byte aligned in memory (a GGUF with "
+                                            "general.alignment below 32?); per-token sparsity cannot read it in place");
+    }
     ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
     out.ctx = ggml_init(ip);
     out.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(data), n);
@@ -310,6 +314,10 @@ int32_t group_layer(SparseFFN & sp, const MappedGGUF & file, const LayerFFN & f,
     if (!ok) {  // a repacked up whose view has no kernels: the file layout, read in place
         const uint8_t * src = file.tensor(f.name[0], ggml_nbytes(f.up));
         if (!src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[0] + " from the model file");
+        if (reinterpret_cast<uintptr_t>(src) % 32 != 0) {  // ggml aborts on it (TENSOR_ALIGNMENT)
+            return fail(SIRIUS_ERR_UNSUPPORTED, std::string(f.name[0]) + " is not 32-byte aligned in the model file; "
+                                                "top-k cannot read it in place");
+        }
         CompactTensor c;
         ggml_init_params ip3 = {ggml_tensor_overhead(), nullptr, true};
         c.ctx = ggml_init(ip3);

@@ -80,6 +80,9 @@ struct NeuronLayer {
     std::atomic<int64_t> kept{0}, seen{0};  // neurons computed / considered, over all decodes
 };
 
+// Where the neuron-major rows start in memory (ggml's CPU buffers need TENSOR_ALIGNMENT, 32; a cache line here).
+constexpr size_t kRowAlign = 64;
+
 // The neuron-major copy of every layer's ffn_down (neuron_down.cpp), one per model.
 struct NeuronDown {
     ggml_type                         type = GGML_TYPE_COUNT;

@@ -124,6 +124,21 @@ def test_group_path_as_gpu_layers_keep_it(model_path, reference, monkeypatch):
         assert score[kept[il]].min() >= 0.97 * np.sort(score)[::-1][23], il
 
 
+def test_topk_without_a_writable_cache(model_path, tmp_path, monkeypatch):
+    # An unusable cache directory (here: under a regular file) builds the neuron-major down in memory; its rows
+    # must start where ggml's CPU buffers need them (a heap vector's 16-byte alignment made ggml abort).
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SIRIUS_CACHE_DIR", str(blocker / "cache"))
+    with LLM(model_path, n_ctx=256) as m:
+        prompt = "The three primary colors are"
+        dense = m.create_completion(prompt, max_tokens=12)["stats"]["token_ids"]
+        r = m.create_completion(prompt, max_tokens=12, mode="sirius", sparsity="topk", density=0.5, period=4,
+                                acceptance="strict")["stats"]
+    assert r["group_size"] == 1 and r["token_ids"] == dense
+    assert not (blocker / "cache").exists()
+
+
 def test_topk_generation_and_sirius_strict(llm):
     prompt = "The three primary colors are"
     dense = llm.create_completion(prompt, max_tokens=24)["stats"]
