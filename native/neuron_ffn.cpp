@@ -97,10 +97,22 @@ void neuron_up(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const int64_t n_embd = up->ne[0], n_ff = up->ne[1];
     const float * av = static_cast<const float *>(a->data);
 
-    thread_local std::vector<int32_t> kept;
+    thread_local std::vector<int32_t> kept, runs;
     thread_local std::vector<uint32_t> keys;
+    thread_local std::vector<float> run_score;
     thread_local std::vector<uint8_t> xq;
-    if (L->k > 0) {
+    if (L->k > 0 && L->run > 1) {
+        // Runs of R consecutive neurons, ranked by their sum of |a| (a measurement: contiguous R-row runs of
+        // up and down against single neurons' acceptance; NOTES, "Runs of neurons").
+        const int64_t R = L->run, n_run = n_ff / R;
+        run_score.assign(n_run, 0.0f);
+        for (int64_t i = 0; i < n_run * R; ++i) run_score[i / R] += std::fabs(av[i]);
+        select_topk(run_score.data(), n_run, std::max<int64_t>(1, (L->k + R / 2) / R), runs, keys);
+        kept.clear();
+        for (int32_t r : runs) {
+            for (int64_t i = 0; i < R; ++i) kept.push_back((int32_t) (r * R + i));
+        }
+    } else if (L->k > 0) {
         select_topk(av, n_ff, L->k, kept, keys);
     } else {
         select_threshold(av, n_ff, L->threshold, kept);

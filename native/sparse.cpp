@@ -346,6 +346,14 @@ int32_t group_layer(SparseFFN & sp, const MappedGGUF & file, const LayerFFN & f,
     return SIRIUS_OK;
 }
 
+// SIRIUS_NEURON_RUN=R (measurements): top-k chooses runs of R consecutive neurons instead of single ones, where
+// R divides n_ff.
+int64_t neuron_run(int64_t n_ff) {
+    const char * v = getenv("SIRIUS_NEURON_RUN");
+    const int64_t r = v ? std::max<int64_t>(1, atoll(v)) : 1;
+    return n_ff % r == 0 ? r : 1;
+}
+
 // Top-k and threshold: per token, the FFN computes only the neurons it selects. Layers on the CPU run on single
 // neurons (neuron_ffn.cpp's kernels through patch 0003's builder): up read in place from the mapped GGUF, down
 // from the model's neuron-major copy (neuron_down.cpp). Other layers keep whole groups of G neurons through
@@ -435,13 +443,14 @@ int32_t per_token_build(sirius_session * s, int32_t sparsity, float density, sir
         const int64_t k = std::clamp<int64_t>(std::llround(density * n), 1, n);
         NeuronLayer * L = sp.neurons[il].get();
         if (L) {
+            L->run = neuron_run(f.n_ff);
             L->k = threshold ? 0 : k;
             L->threshold = threshold ? s->thresholds[il] : 0.0f;
             sp.info.down_type = (int32_t) L->down->type;
         }
         sp.topk_blocks[il] = L ? 0 : (int32_t) k;
         sp.info.n_layers_sparse++;
-        sp.info.group_size = std::max<int32_t>(sp.info.group_size, (int32_t) G);
+        sp.info.group_size = std::max<int32_t>(sp.info.group_size, (int32_t) (L && !threshold ? L->run : G));
         // Threshold: the expected count (the calibration's density; each token keeps its own number).
         kept += k * G;
         total += n * G;

@@ -76,6 +76,7 @@ struct NeuronLayer {
     ggml_tensor *    up = nullptr;     // the GGUF's ffn_up [n_embd, n_ff], read in place from the mapped file
     ggml_tensor *    down = nullptr;   // the neuron-major ffn_down [n_embd, n_ff] (row n: neuron n's column)
     int64_t          k = 0;            // top-k: neurons kept per token; 0: threshold
+    int64_t          run = 1;          // top-k: neurons chosen together, a run of consecutive ones (n_ff % run == 0)
     float            threshold = 0.0f; // threshold: a neuron is computed when |act(gate x)| >= threshold
     std::atomic<int64_t> kept{0}, seen{0};  // neurons computed / considered, over all decodes
 };

@@ -152,33 +152,43 @@ def test_every_neuron_kept_is_ggmls_dense_ffn(up_t):
     np.testing.assert_allclose(y, dense, rtol=2e-5, atol=1e-5 * np.abs(dense).max())
 
 
-@pytest.mark.skipif(not X86_AVX2, reason="the AVX2 kernels are the ones compared with the portable ones")
-def test_portable_kernels_agree_with_the_avx2_ones():
-    """SIRIUS_AXPY=scalar (read once per process) runs the portable kernels, which ARM and older x86 CPUs use:
-    the same kept sets and, within the AVX2 Q4_0 kernel's int8 rounding, the same outputs."""
+def outputs_under(mode: str | None) -> np.ndarray:
+    """Each down type's output for one random case, in a fresh process with SIRIUS_AXPY=mode (read once per
+    process; None: the CPU's best kernels)."""
     code = r"""
 import numpy as np, sys
 sys.path.insert(0, %r)
 from test_neuron_kernels import *
 out = []
 for down_t in DOWN_TYPES:
-    rng = np.random.default_rng(int(down_t))
-    up, _ = make_up(QT.Q4_K, rng)
-    down, _, _ = make_down(down_t, rng)
-    x = rng.standard_normal(N_EMBD).astype(np.float32)
-    a = rng.standard_normal(N_FF).astype(np.float32)
-    out.append(neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=120)[0])
+    for k in (120, 7, N_FF):  # groups of 16 rows with a partial last one; fewer rows than a group; all
+        rng = np.random.default_rng(int(down_t) * 1000 + k)
+        up, _ = make_up(QT.Q4_K, rng)
+        down, _, _ = make_down(down_t, rng)
+        x = rng.standard_normal(N_EMBD).astype(np.float32)
+        a = rng.standard_normal(N_FF).astype(np.float32)
+        out.append(neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=k)[0])
 np.save(sys.argv[1], np.stack(out))
 """ % os.path.dirname(__file__)
-    results = {}
-    for mode in ("scalar", "avx2"):
-        env = dict(os.environ, SIRIUS_AXPY=mode)
-        path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{mode}-{os.getpid()}.npy")
-        subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))
-        results[mode] = np.load(path)
+    env = dict(os.environ)
+    env.pop("SIRIUS_AXPY", None)
+    if mode:
+        env["SIRIUS_AXPY"] = mode
+    path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{mode}-{os.getpid()}.npy")
+    subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))
+    try:
+        return np.load(path).reshape(len(DOWN_TYPES), 3, N_EMBD)
+    finally:
         os.remove(path)
+
+
+@pytest.mark.skipif(not X86_AVX2, reason="the AVX2 kernels are the ones compared with the portable ones")
+def test_portable_kernels_agree_with_the_avx2_ones():
+    """SIRIUS_AXPY=scalar runs the portable kernels, which ARM and older x86 CPUs use: the same kept sets and,
+    within the AVX2 Q4_0 kernel's int8 rounding, the same outputs."""
+    scalar, avx2 = outputs_under("scalar"), outputs_under("avx2")
     for i, down_t in enumerate(DOWN_TYPES):
-        s, v = results["scalar"][i], results["avx2"][i]
+        s, v = scalar[i], avx2[i]
         tol = 0.02 if down_t == QT.Q4_0 else 1e-4
         assert np.abs(s - v).max() <= tol * np.abs(s).max(), (down_t.name, float(np.abs(s - v).max()))
 

@@ -139,6 +139,35 @@ def test_topk_without_a_writable_cache(model_path, tmp_path, monkeypatch):
     assert not (blocker / "cache").exists()
 
 
+def test_runs_of_neurons(llm, reference, monkeypatch):
+    # SIRIUS_NEURON_RUN=R (a measurement switch, read per build): top-k keeps the runs of R consecutive neurons
+    # with the largest sums of |act(gate x)|, so the kernels read contiguous R-row runs of up and down.
+    monkeypatch.setenv("SIRIUS_NEURON_RUN", "8")
+    toks = llm.tokenize(PROMPT, add_bos=True)
+    nxt = llm.tokenize(" landed", add_bos=False)[0]
+    llm.topk_record(True)
+    try:
+        ours, info = decode_sparse(llm, toks, nxt, 0.5)
+        kept = {il: llm.topk_groups(il) for il in range(N_LAYER)}
+    finally:
+        llm.topk_record(False)
+        monkeypatch.delenv("SIRIUS_NEURON_RUN")
+    assert info["group_size"] == 8
+    runs = {il: sorted({n // 8 for n in g}) for il, g in kept.items()}
+    assert all(g == [8 * r + i for r in runs[il] for i in range(8)] and len(runs[il]) == 96 for il, g in kept.items())
+    gates = {}
+    ref = reference.logits(toks + [nxt], ffn_keep=group_masks(kept, 1, N_FF), keep_from=len(toks), record_gate=gates,
+                           neuron_down="Q4_0")[-1:]
+    ok, report = compare(ours[None], ref)
+    assert ok, report
+    for il, g in gates.items():  # the top 96 run scores, up to near-ties (8-bit activations)
+        score = np.abs(g[-1] / (1.0 + np.exp(-g[-1]))).reshape(-1, 8).sum(axis=1)
+        assert score[runs[il]].min() >= 0.9 * np.sort(score)[::-1][95], il
+    # back to single neurons at the next build
+    _, single = decode_sparse(llm, toks, nxt, 0.5)
+    assert single["group_size"] == 1
+
+
 def test_topk_generation_and_sirius_strict(llm):
     prompt = "The three primary colors are"
     dense = llm.create_completion(prompt, max_tokens=24)["stats"]
