@@ -1,15 +1,17 @@
-"""Why is the accepted length what it is? Sirius relaxed on the eval's own GSM-style 8-shot prompts, one setting
+"""Why is the accepted length what it is? Sirius relaxed on the eval's own prompts (GSM-style 8-shot by default;
+--task strategyqa / humaneval, and --chat for a task's bare question in the model's chat template), one setting
 changed at a time (threshold, acceptance temperature T, period K, density, sparsity method, the drafts' trimmed
 output head), side by side on the same problems and the same session.
 
     python benchmarks/aal_sweep.py [MODEL] [--problems 6] [--tokens 80] [--threads 2] [--settings "baseline,width 2"]
-                                   [--json OUT]
+                                   [--task gsm|strategyqa|humaneval] [--chat] [--json OUT]
 
 Per setting: AAL, the per-draft acceptance rate a (accepted / judged: a draft is judged when all before it
 passed), the AAL that a would give if drafts were accepted independently (1 + a + ... + a^(K-1)), the a that
 AAL >= 14/16 would need, where the rejected drafts
 stood (their dense probability under T: just under the threshold, or far below), and the share of the dense
-greedy tokens reproduced before the first difference (fidelity: the price of a looser rule). Each problem is
+greedy tokens reproduced before the first difference (fidelity: the price of a looser rule), and, for a trimmed
+draft head, its coverage: the share of the dense greedy continuation's tokens that lie in the head's subset. Each problem is
 prefilled once; every later setting starts from the kept prefill (Griffin's statistic is reused).
 """
 
@@ -30,8 +32,12 @@ from sirius_local.evaluation import tasks
 BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6, width=1, draft_vocab=0)
 # Environment switches a setting runs under (the draft head's subset rule is a measurement switch, not an option).
 ENV = {"vocab ids 2048": {"SIRIUS_HEAD_RULE": "ids"},
+       # the 1024 / 2048 top logits and as many lowest ids (code's whitespace and identifier pieces)
+       "vocab mix 1024": {"SIRIUS_HEAD_RULE": "mix"}, "vocab mix 2048": {"SIRIUS_HEAD_RULE": "mix"},
        # top-k on 32/256-neuron groups (the path of GPU-offloaded layers), for the granularity comparison
-       **{f"top-k groups {d}": {"SIRIUS_PER_TOKEN_GROUPS": "1"} for d in ("0.3", "0.5", "0.7")}}
+       **{f"top-k groups {d}": {"SIRIUS_PER_TOKEN_GROUPS": "1"} for d in ("0.3", "0.5", "0.7")},
+       # top-k on runs of R consecutive neurons (contiguous rows), for the run-length comparison
+       **{f"top-k run{r} {d}": {"SIRIUS_NEURON_RUN": str(r)} for r in (4, 8, 16, 32) for d in ("0.3", "0.5", "0.7")}}
 SWEEP = [
     ("baseline", {}),
     ("density 0.3", {"density": 0.3}),
@@ -40,6 +46,11 @@ SWEEP = [
     ("vocab 2048", {"draft_vocab": 2048}),
     ("vocab 8192", {"draft_vocab": 8192}),
     ("vocab ids 2048", {"draft_vocab": 2048}),  # the 2048 lowest token ids instead of the prompt's top logits
+    ("vocab mix 1024", {"draft_vocab": 1024}),
+    ("vocab mix 2048", {"draft_vocab": 2048}),
+    ("vocab 4096", {"draft_vocab": 4096}),
+    ("vocab 16384", {"draft_vocab": 16384}),
+    ("vocab 32768", {"draft_vocab": 32768}),
     ("vocab 2048 density 0.3", {"draft_vocab": 2048, "density": 0.3}),
     ("vocab 2048 density 0.4", {"draft_vocab": 2048, "density": 0.4}),
     ("vocab 2048 density 0.7", {"draft_vocab": 2048, "density": 0.7}),
@@ -58,6 +69,7 @@ SWEEP = [
     ("top-k groups 0.3", {"sparsity": "topk", "density": 0.3}),
     ("top-k groups 0.5", {"sparsity": "topk", "density": 0.5}),
     ("top-k groups 0.7", {"sparsity": "topk", "density": 0.7}),
+    *[(f"top-k run{r} {d}", {"sparsity": "topk", "density": float(d)}) for r in (4, 8, 16, 32) for d in ("0.3", "0.5", "0.7")],
     # per-token thresholds (CATS on single neurons; `sirius-local calibrate MODEL --density 0.3,0.5,0.7` first)
     ("cats 0.3", {"sparsity": "threshold", "density": 0.3}),
     ("cats 0.5", {"sparsity": "threshold", "density": 0.5}),
@@ -89,6 +101,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     ap.add_argument("--settings", default=None, help="comma list of setting names to run (default: all)")
+    ap.add_argument("--task", default="gsm", choices=("gsm", "strategyqa", "humaneval"), help="whose prompts")
+    ap.add_argument("--chat", action="store_true",
+                    help="the task's bare question as one user message in the chat template (no few-shot)")
     a = ap.parse_args()
     sweep = SWEEP
     if a.settings:
@@ -98,20 +113,27 @@ def main():
             ap.error(f"unknown setting(s) {unknown}; available: {', '.join(n for n, _ in SWEEP)}")
         sweep = [(n, c) for n, c in SWEEP if n in names]
 
-    task = tasks.get("gsm")
+    task = tasks.get(a.task)
+    if a.chat and a.task == "humaneval":
+        ap.error("--chat takes a task with questions (gsm, strategyqa); humaneval's prompts are code to complete")
     examples = task.load(a.problems, a.seed)
-    acc = {name: {"agree": [], "stats": []} for name, _ in sweep}
+    stop = None if a.chat else task.stop
+    acc = {name: {"agree": [], "stats": [], "covered": [0, 0]} for name, _ in sweep}
     t_start = time.time()
     with LLM(a.model, n_ctx=2048, n_threads=a.threads) as llm:
         for n, ex in enumerate(examples):
             llm.reset()
+            prompt = (llm.apply_chat_template([{"role": "user", "content": ex.meta["question"]}]) if a.chat
+                      else ex.prompt)
+            heads = {}
             for name, change in sweep:  # sparse settings first: the first one prefills and collects Griffin's stats
                 cfg = {**BASE, **change}
                 saved = {k: os.environ.get(k) for k in ENV.get(name, {})}
                 os.environ.update(ENV.get(name, {}))
                 try:
-                    res = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop, mode="sirius",
+                    res = llm.create_completion(prompt, max_tokens=a.tokens, stop=stop, mode="sirius",
                                                 trace=True, **cfg)
+                    heads[name] = set(llm.draft_head_tokens()) if res["stats"]["draft_vocab"] else None
                 finally:
                     for k, v in saved.items():
                         if v is None:
@@ -119,10 +141,13 @@ def main():
                         else:
                             os.environ[k] = v
                 acc[name]["stats"].append(res["stats"])
-            dense = llm.create_completion(ex.prompt, max_tokens=a.tokens, stop=task.stop)["stats"]["token_ids"]
+            dense = llm.create_completion(prompt, max_tokens=a.tokens, stop=stop)["stats"]["token_ids"]
             for name, _ in sweep:
                 st = acc[name]["stats"][-1]
                 acc[name]["agree"].append(prefix_agreement(st["token_ids"], dense))
+                if heads[name] is not None:
+                    acc[name]["covered"][0] += sum(t in heads[name] for t in dense)
+                    acc[name]["covered"][1] += len(dense)
             print(f"problem {n + 1}/{len(examples)} done, {time.time() - t_start:.0f} s", file=sys.stderr)
 
     rows = []
@@ -138,6 +163,7 @@ def main():
         n_periods = sum(st["periods"] for st in acc[name]["stats"])
         aal = advanced / n_periods if n_periods else 0.0
         rate = accepted / judged if judged else 0.0
+        covered, n_dense = acc[name]["covered"]
         rows.append({
             "setting": name, **cfg, "periods": n_periods, "aal": aal, "accept_rate": rate,
             "aal_if_independent": sum(rate ** i for i in range(k)),
@@ -149,17 +175,20 @@ def main():
             "effective_density": statistics.mean(st["effective_density"] for st in acc[name]["stats"]),
             "draft_vocab_actual": statistics.mean(st["draft_vocab"] for st in acc[name]["stats"]),
             "sparse_byte_fraction": statistics.mean(st["sparse_byte_fraction"] for st in acc[name]["stats"]),
+            "head_coverage": covered / n_dense if n_dense else None,
         })
-    out = {"model": a.model, "problems": len(examples), "tokens": a.tokens, "threads": a.threads, "rows": rows}
+    out = {"model": a.model, "task": a.task, "chat": a.chat, "problems": len(examples), "tokens": a.tokens,
+           "threads": a.threads, "rows": rows}
     print("| setting | K | AAL | a | AAL if independent | a needed for 14/16 | rejected within 10x of threshold | "
-          "median p(rejected) | agreement with dense | effective density | draft vocab | step bytes |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "median p(rejected) | agreement with dense | effective density | draft vocab | head coverage | step bytes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         med = f"{r['rejected_median_prob']:.3f}" if r["rejected_median_prob"] is not None else "-"
         vocab = f"{r['draft_vocab_actual']:.0f}" if r["draft_vocab_actual"] else "full"
+        cover = f"{r['head_coverage']:.3f}" if r["head_coverage"] is not None else "-"
         print(f"| {r['setting']} | {r['period']} | {r['aal']:.2f} | {r['accept_rate']:.3f} | "
               f"{r['aal_if_independent']:.2f} | {r['rate_needed_for_aal_14_of_16']:.3f} | {r['rejected_near']:.2f} | "
-              f"{med} | {r['agreement_with_dense']:.2f} | {r['effective_density']:.2f} | {vocab} | "
+              f"{med} | {r['agreement_with_dense']:.2f} | {r['effective_density']:.2f} | {vocab} | {cover} | "
               f"{r['sparse_byte_fraction']:.3f} |")
     if a.json:
         with open(a.json, "w") as f:

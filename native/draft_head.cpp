@@ -64,7 +64,8 @@ const char * untrimmable(const llama_model * model, const MappedGGUF & file, int
 // The subset: the prompt's tokens, every end-of-generation token, and the n tokens with the highest dense
 // logit over the prompt's positions (the statistic collected with Griffin's); without that statistic (top-k
 // and threshold prefill without collecting), the n lowest token ids. benchmarks/NOTES.md, "Trimmed draft head"
-// has both rules' acceptance. SIRIUS_HEAD_RULE=ids forces the second one, for measurements.
+// has both rules' acceptance. SIRIUS_HEAD_RULE=ids forces the second one and =mix takes both (the n top logits
+// and the n lowest ids), for measurements.
 std::vector<int32_t> head_subset(const sirius_session * s, int32_t n) {
     const int32_t n_vocab = s->model->n_vocab;
     std::vector<char> mark(n_vocab, 0);
@@ -79,7 +80,11 @@ std::vector<int32_t> head_subset(const sirius_session * s, int32_t n) {
     // make a top-k or threshold draft depend on what ran before.
     const bool griffin = s->sparse && s->sparse->sparsity == SIRIUS_SPARSITY_GRIFFIN;
     const bool by_logit = griffin && s->head_rows > 0 && (int32_t) s->head_max.size() == n_vocab && !(rule && strcmp(rule, "ids") == 0);
+    const bool mix = by_logit && rule && strcmp(rule, "mix") == 0;
     const int32_t m = std::min(n, n_vocab);
+    if (mix) {
+        for (int32_t t = 0; t < m; ++t) mark[t] = 1;
+    }
     if (by_logit) {
         std::vector<int32_t> order(n_vocab);
         for (int32_t t = 0; t < n_vocab; ++t) order[t] = t;

@@ -29,8 +29,8 @@ MODES = ("dense", "sparse", "sirius")
 SPARSITIES = ("griffin", "topk", "threshold")
 ACCEPTANCES = ("relaxed", "strict", "sample")
 #: Tokens the drafts' trimmed output head keeps beyond the prompt's own and the end-of-generation tokens, chosen
-#: by measurement (benchmarks/NOTES.md, "Single-neuron Griffin and a trimmed draft head"); 0 = the full head.
-DRAFT_VOCAB = 2048
+#: by measurement (benchmarks/NOTES.md, "The draft head on code and chat"); 0 = the full head.
+DRAFT_VOCAB = 8192
 _PLANNED: dict[str, str] = {}  # option values announced but not built yet: {value: "mode" | "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
