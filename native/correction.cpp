@@ -206,9 +206,13 @@ int32_t check_correction_params(const sirius_generate_params & p) {
     if (c.period != 0 && c.period < 2) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "period must be >= 2 (or auto), got " + std::to_string(c.period));
     }
-    if (c.period > 512) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "period must be <= 512, got " + std::to_string(c.period));
-    if (c.period == 0 && (c.max_period < 2 || c.max_period > 512)) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_period must be in [2, 512], got " + std::to_string(c.max_period));
+    if (c.period > SIRIUS_MAX_PERIOD) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "period must be <= " + std::to_string(SIRIUS_MAX_PERIOD) + ", got " +
+                                                     std::to_string(c.period));
+    }
+    if (c.period == 0 && (c.max_period < 2 || c.max_period > SIRIUS_MAX_PERIOD)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_period must be in [2, " + std::to_string(SIRIUS_MAX_PERIOD) +
+                                                     "], got " + std::to_string(c.max_period));
     }
     if (c.acceptance < SIRIUS_ACCEPT_RELAXED || c.acceptance > SIRIUS_ACCEPT_SAMPLE) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown acceptance rule " + std::to_string(c.acceptance) +
@@ -491,7 +495,10 @@ extern "C" int32_t sirius_measure_verify(sirius_session * s, const int32_t * ks,
     if (repeats < 1) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "repeats must be >= 1, got " + std::to_string(repeats));
     const int32_t n_past = (int32_t) s->tokens.size();
     for (int32_t i = 0; i < n; ++i) {
-        if (ks[i] < 1 || ks[i] > 512) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "K must be in [1, 512], got " + std::to_string(ks[i]));
+        if (ks[i] < 1 || ks[i] > SIRIUS_MAX_PERIOD) {
+            return fail(SIRIUS_ERR_INVALID_ARGUMENT, "K must be in [1, " + std::to_string(SIRIUS_MAX_PERIOD) + "], got " +
+                                                         std::to_string(ks[i]));
+        }
         if (n_past + ks[i] > (int32_t) s->n_ctx) {
             return fail(SIRIUS_ERR_CONTEXT_OVERFLOW, "a " + std::to_string(ks[i]) + "-token batch after " + std::to_string(n_past) +
                                                          " held tokens does not fit in the context of " + std::to_string(s->n_ctx));

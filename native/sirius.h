@@ -48,8 +48,8 @@ typedef enum {
     SIRIUS_MODE_SIRIUS = 2   /* sparse drafts checked every period by one dense batch (the correction loop) */
 } sirius_mode;
 
-/* Largest tree width (draft beams per period). */
-enum { SIRIUS_MAX_WIDTH = 8 };
+/* Largest tree width (draft beams per period), and the largest period K (also of a measured dense batch). */
+enum { SIRIUS_MAX_WIDTH = 8, SIRIUS_MAX_PERIOD = 512 };
 
 /* Session limits: the smallest context (it must hold a batch of 1 + 2·SIRIUS_MAX_WIDTH sequences' outputs, see
    sirius_session_new), and the most threads (ggml's GGML_MAX_N_THREADS). */

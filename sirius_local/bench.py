@@ -302,6 +302,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench(a) -> int:
+    from ._native import lib
     from .errors import InvalidParameterError
     from .llm import MODES, SPARSITIES
 
@@ -326,14 +327,16 @@ def cmd_bench(a) -> int:
     except ValueError:
         raise InvalidParameterError(f"bench: --period must be a comma list of integers >= 2 or 'auto', "
                                     f"got {a.period!r}") from None
-    if not periods or any(k != "auto" and not 2 <= k <= 512 for k in periods):
-        raise InvalidParameterError(f"bench: periods must be in [2, 512] or 'auto', got {a.period!r}")
+    kmax, wmax = lib.SIRIUS_MAX_PERIOD, lib.SIRIUS_MAX_WIDTH
+    if not periods or any(k != "auto" and not 2 <= k <= kmax for k in periods):
+        raise InvalidParameterError(f"bench: periods must be in [2, {kmax}] or 'auto', got {a.period!r}")
     try:
         widths = [int(w) for w in a.width.split(",") if w.strip()]
     except ValueError:
-        raise InvalidParameterError(f"bench: --width must be a comma list of integers in [1, 8], got {a.width!r}") from None
-    if not widths or any(not 1 <= w <= 8 for w in widths):
-        raise InvalidParameterError(f"bench: widths must be in [1, 8], got {a.width!r}")
+        raise InvalidParameterError(f"bench: --width must be a comma list of integers in [1, {wmax}], "
+                                    f"got {a.width!r}") from None
+    if not widths or any(not 1 <= w <= wmax for w in widths):
+        raise InvalidParameterError(f"bench: widths must be in [1, {wmax}], got {a.width!r}")
     try:
         draft_vocabs = [None if v.strip() == "default" else int(v) for v in a.draft_vocab.split(",") if v.strip()]
     except ValueError:

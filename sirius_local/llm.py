@@ -31,7 +31,6 @@ ACCEPTANCES = ("relaxed", "strict", "sample")
 #: Tokens the drafts' trimmed output head keeps beyond the prompt's own and the end-of-generation tokens, chosen
 #: by measurement (benchmarks/NOTES.md, "The draft head on code and chat"); 0 = the full head.
 DRAFT_VOCAB = 8192
-_PLANNED: dict[str, str] = {}  # option values announced but not built yet: {value: "mode" | "sparsity"}
 _FINISH = {0: "length", 1: "stop", 2: "cancelled"}
 
 
@@ -386,8 +385,9 @@ class LLM:
         `repeats`), measured after the tokens held and removed again. The correction loop's auto period uses
         the latest measurement."""
         ks = list(ks) if isinstance(ks, (list, tuple)) else ks
-        _require(isinstance(ks, list) and len(ks) > 0 and all(_is_int(k) and 1 <= k <= 512 for k in ks),
-                 f"ks must be integers in [1, 512], got {ks!r}")
+        kmax = lib.SIRIUS_MAX_PERIOD
+        _require(isinstance(ks, list) and len(ks) > 0 and all(_is_int(k) and 1 <= k <= kmax for k in ks),
+                 f"ks must be integers in [1, {kmax}], got {ks!r}")
         _int_in("repeats", repeats, 1, 1000)
         out = ffi.new("double[]", len(ks))
         with self._use() as ss:
@@ -543,10 +543,6 @@ class LLM:
     def _params(self, n_prompt, *, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density,
                 ignore_eos=False, period="auto", threshold=0.1, acceptance=None, accept_temperature=0.6, width=1,
                 max_period=32, draft_vocab=None):
-        for what, val in (("mode", mode), ("sparsity", sparsity)):
-            if _PLANNED.get(val) == what:
-                raise InvalidParameterError(f"{what} {val!r} is planned but not implemented yet "
-                                            f"(available: {', '.join(MODES if what == 'mode' else SPARSITIES)})")
         _require(mode in MODES, f"mode {mode!r} is not available in this version (available: {', '.join(MODES)})")
         _require(sparsity in SPARSITIES, f"sparsity {sparsity!r} is not available in this version "
                                          f"(available: {', '.join(SPARSITIES)})")
@@ -571,9 +567,11 @@ class LLM:
         seed = self.seed if seed is None else seed
         _require(_is_int(seed) and 0 <= seed < 2**32, f"seed must be an integer in [0, 2**32), got {seed!r}")
         # The correction loop's knobs (checked here for clear messages; the C side checks them again).
-        _require(period == "auto" or (_is_int(period) and 2 <= period <= 512),
-                 f"period must be an integer in [2, 512] or 'auto', got {period!r}")
-        _require(_is_int(max_period) and 2 <= max_period <= 512, f"max_period must be an integer in [2, 512], got {max_period!r}")
+        kmax = lib.SIRIUS_MAX_PERIOD
+        _require(period == "auto" or (_is_int(period) and 2 <= period <= kmax),
+                 f"period must be an integer in [2, {kmax}] or 'auto', got {period!r}")
+        _require(_is_int(max_period) and 2 <= max_period <= kmax,
+                 f"max_period must be an integer in [2, {kmax}], got {max_period!r}")
         if acceptance is None:
             acceptance = "sample" if temperature > 0 else "relaxed"
         _require(acceptance in ACCEPTANCES, f"acceptance must be one of {ACCEPTANCES}, got {acceptance!r}")

@@ -69,6 +69,33 @@ def test_failing_patch_is_named(tree, tmp_path):
 
 
 def test_shipped_patches_are_well_formed():
+    # Each file's diff has ---/+++ headers, and every hunk holds exactly the lines its @@ header counts
+    # (what `patch` checks before it applies anything; a hand-edited hunk gets this wrong first).
+    import re
+
+    hunk = re.compile(r"^@@ -\d+(?:,(\d+))? \+\d+(?:,(\d+))? @@")
     for p in sorted((ROOT / "patches").glob("*.patch")):
-        text = p.read_text()
-        assert text.startswith(("From ", "diff ", "---")) or "\n--- a/" in text, p.name
+        lines = p.read_text().splitlines()
+        files = [i for i, line in enumerate(lines) if line.startswith("--- a/")]
+        assert files and all(lines[i + 1].startswith("+++ b/") for i in files), p.name
+        n_hunks = 0
+        i = 0
+        while i < len(lines):
+            m = hunk.match(lines[i])
+            if not m:
+                i += 1
+                continue
+            n_hunks += 1
+            old, new = int(m.group(1) or 1), int(m.group(2) or 1)
+            i += 1
+            while old > 0 or new > 0:
+                line = lines[i]
+                if line.startswith("\\"):  # "\ No newline at end of file"
+                    i += 1
+                    continue
+                assert line[:1] in (" ", "-", "+", ""), f"{p.name}:{i + 1}: {line[:40]!r}"
+                old -= line[:1] in (" ", "-", "")
+                new -= line[:1] in (" ", "+", "")
+                i += 1
+            assert old == 0 and new == 0, f"{p.name}: hunk before line {i + 1} miscounted"
+        assert n_hunks >= len(files), p.name

@@ -147,10 +147,9 @@ def test_bench_json(model_path, tmp_path):
     assert {"machine", "model", "runs"} <= set(res)
     runs = res["runs"]
     assert [(x["mode"], x["density"]) for x in runs] == [("dense", 1.0), ("sparse", 0.5), ("sparse", 1.0)]
-    dense = runs[0]["tokens_per_second"]
     for x in runs:
         assert len(x["samples"]) == 2 and x["tokens_per_second"] > 0
-        assert abs(x["ratio_vs_dense"] - x["tokens_per_second"] / dense) < 1e-9
+        assert min(x["samples"]) <= x["tokens_per_second"] <= max(x["samples"])  # the median
     assert runs[0]["ideal_ratio"] == 1.0 and runs[2]["ideal_ratio"] == 1.0
     assert 1.2 < runs[1]["ideal_ratio"] < 2.0  # half the FFN bytes of a 135M model with a tied 28M-row head
     assert "sparse" in r.stdout and "vs dense" in r.stdout

@@ -49,14 +49,18 @@ def test_wilson_interval():
 
 
 def test_sandbox_kills_infinite_loop_and_memory_bomb():
+    import resource
+
+    limits = {r: resource.getrlimit(r) for r in (resource.RLIMIT_AS, resource.RLIMIT_CPU, resource.RLIMIT_NOFILE)}
     assert sandbox.run_python("assert sum(range(4)) == 6")["passed"]
     assert sandbox.run_python("assert 1 == 2")["status"] == "failed"
     r = sandbox.run_python("while True:\n    pass\n", timeout_s=2)
     assert r == {"passed": False, "status": "timeout", "stderr": ""}
     r = sandbox.run_python("chunks = []\nwhile True:\n    chunks.append(bytearray(1 << 26))\n")
     assert not r["passed"] and r["status"] in ("memory", "timeout")
-    # the evaluator's own process is untouched
-    assert sys.getrecursionlimit() > 0
+    # the limits were set in the child only: the evaluator's own process keeps its own and can still allocate
+    assert {r: resource.getrlimit(r) for r in limits} == limits
+    assert len(bytearray(1 << 28)) == 1 << 28
 
 
 def test_humaneval_scores_in_the_sandbox():
@@ -165,8 +169,9 @@ def test_eval_end_to_end(model_path, tmp_path):
         assert m["n"] == 3 and 0 <= m["accuracy"] <= 1 and m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
         assert m["tokens_per_second"] > 0
     dense, sparse, sirius = summary["modes"]
-    assert dense["agreement_with_dense"] == 1.0 and dense["effective_density"] == 1.0
     assert 1 <= sirius["aal"] <= 8 and sparse["effective_density"] < 1.0
+    # a period reads the sparse model K-1 times and the dense one once: more per token than sparse alone
+    assert sirius["effective_density"] > sparse["effective_density"]
     for png in ("accuracy_vs_density.png", "tokens_per_second.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| sirius | 3 |" in (out / "summary.md").read_text() and "| sirius | 3 |" in r.stdout
