@@ -25,6 +25,14 @@ def llm(model_path):
         yield m
 
 
+@pytest.fixture(scope="session")
+def reference(model_path):
+    """The independent NumPy forward pass (tests/reference.py) of the test model: weights dequantised once."""
+    from reference import LlamaReference
+
+    return LlamaReference(model_path)
+
+
 @pytest.fixture()
 def scratch_cache(tmp_path, monkeypatch):
     """A fresh SIRIUS_CACHE_DIR for models made by a test (its neuron-major down copies land there, not in the

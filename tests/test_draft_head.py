@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sirius_local import InvalidParameterError
-from test_reference import PROMPT
+from reference import PROMPT
 from test_sirius import CASES, DENSITY, run
 from test_sparse import prefill_collect
 

@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 from gguf import GGUFReader
 
-from reference import LlamaReference, group_masks
+from reference import PROMPT, LlamaReference, group_masks
 from sirius_local import LLM, calibration
 from sirius_local.quantize import quantize
-from test_reference import PROMPT
 from test_sparse import keep_masks
 
 

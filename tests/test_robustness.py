@@ -18,7 +18,7 @@ import pytest
 from gguf import GGUFReader
 
 from sirius_local import LLM
-from sirius_local.errors import DecodeError, InvalidParameterError, ModelLoadError, SiriusError
+from sirius_local.errors import DecodeError, InvalidParameterError
 from sirius_local.llm import max_threads
 
 EXE = shutil.which("sirius-local") or ""

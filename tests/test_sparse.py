@@ -4,14 +4,8 @@ NumPy reference (tests/reference.py) or the dense path."""
 import numpy as np
 import pytest
 
-from reference import LlamaReference
+from reference import PROMPT, compare
 from sirius_local import LLM, InvalidParameterError
-from test_reference import PROMPT, compare
-
-
-@pytest.fixture(scope="module")
-def reference(model_path):
-    return LlamaReference(model_path)
 
 
 @pytest.fixture(scope="module")

@@ -8,18 +8,12 @@ import os
 import numpy as np
 import pytest
 
-from reference import LlamaReference, group_masks
+from reference import PROMPT, compare, group_masks
 from sirius_local import LLM
 from sirius_local import calibration, calibration_text
 from sirius_local.errors import CalibrationMissingError, InvalidParameterError
-from test_reference import PROMPT, compare
 
 N_LAYER, N_FF = 30, 1536  # SmolLM2-135M
-
-
-@pytest.fixture(scope="module")
-def reference(model_path):
-    return LlamaReference(model_path)
 
 
 @pytest.fixture(scope="module")

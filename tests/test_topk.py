@@ -6,16 +6,10 @@ GPU layers keep (patch 0002's mul_mat_id over G-neuron groups), forced on the CP
 import numpy as np
 import pytest
 
-from reference import LlamaReference, group_masks
+from reference import PROMPT, compare, group_masks
 from sirius_local import LLM
-from test_reference import PROMPT, compare
 
 N_LAYER, N_FF, G = 30, 1536, 32  # SmolLM2-135M: Q4_1 ffn_down (32-neuron quant blocks), 1536 neurons per layer
-
-
-@pytest.fixture(scope="module")
-def reference(model_path):
-    return LlamaReference(model_path)
 
 
 def decode_sparse(llm, toks, nxt, density):
