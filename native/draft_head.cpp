@@ -140,7 +140,7 @@ int32_t head_build(sirius_session * s, int32_t n_keep, sirius_sparse_info * info
     llama_sirius_set_head(s->ctx, out, h->t.t);
     if (info) {
         info->draft_vocab = (int32_t) n_sub;
-        info->bytes += (int64_t) ggml_backend_buffer_get_size(h->t.buf);
+        count_bytes(h->t, *info);
         info->step_bytes -= (int64_t) ggml_nbytes(out) - (int64_t) ggml_nbytes(h->t.t);
         info->build_ms += std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     }

@@ -340,6 +340,23 @@ const char * sirius_system_info(void) {
     return llama_print_system_info();
 }
 
+const char * sirius_devices(void) {
+    ensure_backend();
+    static const std::string text = [] {
+        std::string out;
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            if (ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) continue;
+            size_t free = 0, total = 0;
+            ggml_backend_dev_memory(dev, &free, &total);
+            out += std::string(ggml_backend_dev_name(dev)) + ": " + ggml_backend_dev_description(dev) + ", " +
+                   std::to_string(total >> 20) + " MiB\n";
+        }
+        return out;
+    }();
+    return text.c_str();
+}
+
 void sirius_set_verbose(int32_t verbose) {
     ensure_backend();
     std::lock_guard<std::mutex> lock(g_log_mutex);

@@ -91,6 +91,8 @@ typedef struct {
     int64_t step_bytes;        /* weight bytes one sparse decode step reads (the compact tensors instead of the FFN's,
                                   the trimmed head instead of the full one) */
     int32_t draft_vocab;       /* tokens in the trimmed draft head (0: drafts use the full head) */
+    int64_t device_bytes;      /* of bytes, the part held in device (non-host) buffers: a GPU's memory, where the
+                                  layers it copies from are offloaded */
 } sirius_sparse_info;
 
 typedef struct sirius_model   sirius_model;
@@ -184,6 +186,9 @@ typedef int (*sirius_token_callback)(void * user_data, const int32_t * tokens, i
 SIRIUS_API const char * sirius_last_error(void);
 SIRIUS_API const char * sirius_version(void);
 SIRIUS_API const char * sirius_system_info(void);
+/* The devices other than the CPU that this build's backends found, one per line: "NAME: DESCRIPTION, N MiB"
+ * ("" when none: a CPU-only build, or a GPU build on a machine without a GPU or its driver). */
+SIRIUS_API const char * sirius_devices(void);
 /* 0: llama.cpp logs are kept (errors feed sirius_last_error) but not printed; 1: printed to stderr. */
 SIRIUS_API void         sirius_set_verbose(int32_t verbose);
 

@@ -168,6 +168,12 @@ int64_t dense_step_bytes(const MappedGGUF & file) {
     return total;
 }
 
+void count_bytes(const CompactTensor & c, sirius_sparse_info & info) {
+    const int64_t n = (int64_t) ggml_backend_buffer_get_size(c.buf);
+    info.bytes += n;
+    if (!ggml_backend_buffer_is_host(c.buf)) info.device_bytes += n;
+}
+
 // A tensor of `type`, shape ne0 x ne1, in like_buft(like) (as alloc_tensor places it).
 int32_t alloc_like(const ggml_tensor * like, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out) {
     const ggml_backend_buffer_type_t buft = like_buft(like);
@@ -461,7 +467,7 @@ int32_t per_token_build(sirius_session * s, int32_t sparsity, float density, sir
     llama_sirius_set_ffn_topk(s->ctx, n_layer, sp.topk_blocks.data());
     neuron_ffn_sync(s);
     sp.info.bytes = sp.down_nm ? sp.down_nm->bytes : 0;
-    for (const auto & c : sp.owned) sp.info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
+    for (const auto & c : sp.owned) count_bytes(c, sp.info);
     sp.info.density = total ? (double) kept / (double) total : 1.0;
     const double n_params = (double) llama_model_n_params(model);
     sp.info.param_fraction = n_params > 0 ? (n_params - (double) skipped) / n_params : 1.0;
@@ -659,7 +665,7 @@ int32_t griffin_build(sirius_session * s, float density, sirius_sparse_info * in
     });
     if (!ok) return fail(SIRIUS_ERR_INTERNAL, "cannot requantise ffn_down for the compact FFN");
 
-    for (const auto & c : sp->owned) sp->info.bytes += (int64_t) ggml_backend_buffer_get_size(c.buf);
+    for (const auto & c : sp->owned) count_bytes(c, sp->info);
     sp->info.density = total_neurons ? (double) kept_neurons / (double) total_neurons : 1.0;
     const double n_params = (double) llama_model_n_params(model);
     sp->info.param_fraction = n_params > 0 ? (n_params - (double) ffn_params_skipped) / n_params : 1.0;

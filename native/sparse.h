@@ -128,6 +128,8 @@ struct DraftHead {
 // A tensor of `type`, shape ne0 x ne1, where a compact copy of `like` goes (sparse.cpp: like's buffer type, but
 // plain host memory for mmapped or CPU-repacked weights).
 int32_t alloc_like(const ggml_tensor * like, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out);
+// Adds c's buffer to info.bytes, and to info.device_bytes where it is not host memory.
+void count_bytes(const CompactTensor & c, sirius_sparse_info & info);
 
 // A layer's gated FFN as the sparse paths see it: the model's tensors, their GGUF names, and the group size
 // G = ffn_down's quant block (at least 32 neurons), so a group is whole rows of gate/up and whole blocks of down.

@@ -58,7 +58,8 @@ def machine_info(llm) -> dict:
     return {"cpu": cpu, "cpus_available": llm.n_threads if llm else os.cpu_count(), "threads": llm.n_threads,
             "platform": platform.platform(), "python": platform.python_version(),
             "build": ffi.string(lib.sirius_version()).decode(),
-            "system_info": ffi.string(lib.sirius_system_info()).decode().strip()}
+            "system_info": ffi.string(lib.sirius_system_info()).decode().strip(),
+            "devices": ffi.string(lib.sirius_devices()).decode().split("\n")[:-1]}
 
 
 def prefix_agreement(ids: list[int], dense_ids: list[int]) -> float:
@@ -138,13 +139,14 @@ def best_sirius(runs: list[dict]) -> dict | None:
 
 def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
         acceptance="relaxed", threshold=0.1, widths=(1,), draft_vocabs=(None,), curve=False, n_ctx=2048, mlock=True,
-        log=print) -> dict:
+        n_gpu_layers=0, log=print) -> dict:
     from .llm import LLM
 
     prompts = list(prompts or ([prompt] if prompt else GSM_PROMPTS))
     # mlock: weights stay in RAM. Otherwise the OS may page out the file pages one configuration does not touch
     # (a VM's DAMON reclaim does, within seconds) and the next configuration measures disk reads.
-    with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, use_mlock=mlock) as llm:
+    with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, use_mlock=mlock,
+             n_gpu_layers=n_gpu_layers) as llm:
         step_bytes = llm.step_bytes()
         configs = []
         if "dense" in modes or "sirius" in modes:
@@ -211,6 +213,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                    "ideal_ratio": ideal, "sparse_param_fraction": frac,
                    "density_actual": dens,
                    "sparse_bytes": st.get("sparse_bytes", 0),
+                   "sparse_device_bytes": st.get("sparse_device_bytes", 0),
                    "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
                    "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
                    if st["agreement_with_dense"] is not None else None}
@@ -238,7 +241,7 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
             runs.append(row)
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
                "prompt_tokens": stats[configs[0]][0]["prompt_tokens"], "prompts": prompts, "decode_tokens": tokens,
-               "repeats": repeats, "mlock": mlock, "weight_bytes_per_step": step_bytes, "runs": runs,
+               "repeats": repeats, "mlock": mlock, "n_gpu_layers": n_gpu_layers, "weight_bytes_per_step": step_bytes, "runs": runs,
                "best_sirius": best_sirius(runs)}
         if vc:
             out["verify_curve"] = vc
@@ -293,6 +296,7 @@ def add_parser(sub) -> None:
     p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed threshold")
     p.add_argument("--draft-vocab", default="default", help="sparse and sirius: comma list of draft_vocab values "
                    "(0 = full head; 'default' = the engine's default)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1 = all)")
     p.add_argument("--verify-curve", action="store_true", help="also measure dense K-token batch costs r(K)")
     p.add_argument("--prompt", default=None, help="one prompt instead of the built-in GSM-style ones")
     p.add_argument("--json", default=None, help="write the results here")
@@ -347,7 +351,7 @@ def cmd_bench(a) -> int:
     res = run(a.model, modes=modes, sparsities=sparsities, densities=densities, threads=a.threads, tokens=a.tokens,
               repeats=a.repeats, prompt=a.prompt, periods=periods, acceptance=a.acceptance, threshold=a.threshold,
               widths=widths, draft_vocabs=draft_vocabs,
-              curve=a.verify_curve, mlock=not a.no_mlock, log=lambda m: print(m, file=sys.stderr, flush=True))
+              curve=a.verify_curve, mlock=not a.no_mlock, n_gpu_layers=a.n_gpu_layers, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(format_table(res))
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=2) + "\n")

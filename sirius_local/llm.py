@@ -895,7 +895,7 @@ def _sparse_info(info) -> dict:
     return {"sparse": info.n_layers_sparse > 0, "sparse_layers": info.n_layers_sparse, "group_size": info.group_size,
             "density_actual": info.density, "density_measured": info.measured_density,
             "sparse_param_fraction": info.param_fraction,
-            "sparse_bytes": info.bytes, "sparse_build_seconds": info.build_ms / 1000.0,
+            "sparse_bytes": info.bytes, "sparse_device_bytes": info.device_bytes, "sparse_build_seconds": info.build_ms / 1000.0,
             "sparse_down_type": GGMLQuantizationType(info.down_type).name if info.down_type >= 0 else None,
             "dense_step_bytes": info.dense_step_bytes, "sparse_step_bytes": info.step_bytes,
             "sparse_byte_fraction": info.step_bytes / info.dense_step_bytes if info.dense_step_bytes > 0 else 1.0,

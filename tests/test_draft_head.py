@@ -86,6 +86,7 @@ def test_sparse_mode_emits_only_subset_tokens(llm):
     r = llm.create_completion("The capital of France is", max_tokens=24, mode="sparse", draft_vocab=64, ignore_eos=True)
     st = r["stats"]
     assert st["draft_vocab"] > 64 and st["sparse_step_bytes"] < st["dense_step_bytes"]
+    assert st["sparse_bytes"] > 0 and st["sparse_device_bytes"] == 0  # all in host memory on a CPU build
     # (the first token comes from the prompt's dense logits; the head stays built until the next prompt's)
     assert set(st["token_ids"][1:]) <= set(llm.draft_head_tokens())
 
