@@ -50,15 +50,22 @@ def test_topk_density_one_equals_dense(model_path, scratch_cache, monkeypatch):
     assert [p.name.split(".")[-3] for p in (scratch_cache / "neuron-down").iterdir()] == ["f32"]
 
 
-def test_topk_decode_matches_reference(llm, reference):
+def recorded_decode(llm, density):
+    """PROMPT prefilled, then one sparse top-k step with the kept neurons recorded: (toks, next token, logits,
+    info, {layer: kept neurons})."""
     toks = llm.tokenize(PROMPT, add_bos=True)
     nxt = llm.tokenize(" landed", add_bos=False)[0]
     llm.topk_record(True)
     try:
-        ours, info = decode_sparse(llm, toks, nxt, 0.5)
+        ours, info = decode_sparse(llm, toks, nxt, density)
         kept = {il: llm.topk_groups(il) for il in range(N_LAYER)}
     finally:
         llm.topk_record(False)
+    return toks, nxt, ours, info, kept
+
+
+def test_topk_decode_matches_reference(llm, reference):
+    toks, nxt, ours, info, kept = recorded_decode(llm, 0.5)
     k = N_FF // 2
     assert info["group_size"] == 1 and info["density_actual"] == pytest.approx(0.5)
     assert info["sparse_down_type"] == "Q4_0"  # neuron-major copy of a 4.5-bit down (benchmarks/NOTES.md)
@@ -137,14 +144,9 @@ def test_runs_of_neurons(llm, reference, monkeypatch):
     # SIRIUS_NEURON_RUN=R (a measurement switch, read per build): top-k keeps the runs of R consecutive neurons
     # with the largest sums of |act(gate x)|, so the kernels read contiguous R-row runs of up and down.
     monkeypatch.setenv("SIRIUS_NEURON_RUN", "8")
-    toks = llm.tokenize(PROMPT, add_bos=True)
-    nxt = llm.tokenize(" landed", add_bos=False)[0]
-    llm.topk_record(True)
     try:
-        ours, info = decode_sparse(llm, toks, nxt, 0.5)
-        kept = {il: llm.topk_groups(il) for il in range(N_LAYER)}
+        toks, nxt, ours, info, kept = recorded_decode(llm, 0.5)
     finally:
-        llm.topk_record(False)
         monkeypatch.delenv("SIRIUS_NEURON_RUN")
     assert info["group_size"] == 8
     runs = {il: sorted({n // 8 for n in g}) for il, g in kept.items()}
