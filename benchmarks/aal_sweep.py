@@ -25,7 +25,7 @@ import sys
 import time
 
 from sirius_local import LLM
-from sirius_local.bench import prefix_agreement
+from sirius_local.stats import aal as aal_of, prefix_agreement
 from sirius_local.evaluation import tasks
 
 # The baseline drafts with the full output head (draft_vocab 0), so the head's settings below show what it costs.
@@ -161,7 +161,7 @@ def main():
         judged = accepted + len(rejected)
         advanced = sum(st["advanced"] for st in acc[name]["stats"])
         n_periods = sum(st["periods"] for st in acc[name]["stats"])
-        aal = advanced / n_periods if n_periods else 0.0
+        aal = aal_of(advanced, n_periods) or 0.0
         rate = accepted / judged if judged else 0.0
         covered, n_dense = acc[name]["covered"]
         rows.append({

@@ -22,13 +22,15 @@ corrections): predicted tok/s = (1 + a + ... + a^(K-1)) / ((K-1)·s + v(K)).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import statistics
 import sys
 from pathlib import Path
+
+from . import stats as figures
+from .stats import prefix_agreement
 
 DEFAULT_PROMPT = ("Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                   "How many clips did Natalia sell altogether in April and May?\nA: Let's think step by step.")
@@ -60,15 +62,6 @@ def machine_info(llm) -> dict:
             "build": ffi.string(lib.sirius_version()).decode(),
             "system_info": ffi.string(lib.sirius_system_info()).decode().strip(),
             "devices": ffi.string(lib.sirius_devices()).decode().split("\n")[:-1]}
-
-
-def prefix_agreement(ids: list[int], dense_ids: list[int]) -> float:
-    n = 0
-    for a, b in zip(ids, dense_ids):
-        if a != b:
-            break
-        n += 1
-    return n / len(dense_ids) if dense_ids else 1.0
 
 
 def predicted_tps(k: int, a: float, s_ms: float, v_ms: float, width: int = 1) -> float:
@@ -218,18 +211,15 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                    "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
                    if st["agreement_with_dense"] is not None else None}
             if mode == "sirius":
-                acc = sum(x["accepted"] for x in sts)
-                rej = sum(x["corrections"] for x in sts)
-                periods = sum(x["periods"] for x in sts)
-                a = acc / (acc + rej) if acc + rej else 0.0
+                pool = figures.pooled(sts)
+                a = pool["accept_rate"] or 0.0
                 sparse_row = ("sparse", sp, d, None, None, v)
                 s_ms = (1000.0 / statistics.median(samples[sparse_row]) if sparse_row in samples
                         else statistics.median(x["sparse_step_ms"] for x in sts))
                 kk = k if k != "auto" else (st["period_last"] or 1)
                 v_k = curve_ms(vc, (kk - 1) * w + 1)  # the verify batch: K tokens, or a tree's nodes
                 row.update(period=k, width=w, acceptance=acceptance, threshold=threshold if acceptance == "relaxed" else None,
-                           aal=sum(x["advanced"] for x in sts) / periods if periods else None,
-                           effective_density=statistics.median(x["effective_density"] for x in sts),
+                           aal=pool["aal"], effective_density=pool["effective_density"],
                            accept_rate=a, sparse_step_ms=s_ms, verify_ms=v_k,
                            draft_seconds=statistics.median(x["draft_seconds"] for x in sts),
                            verify_seconds=statistics.median(x["verify_seconds"] for x in sts),

@@ -22,6 +22,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from . import calibration, registry
+from . import stats as figures
 from ._native import check, ffi, lib, sized_call
 from .errors import InvalidParameterError, SiriusError
 
@@ -919,7 +920,7 @@ def _correction_stats(cp, st, stats: dict) -> dict:
         "acceptance": ACCEPTANCES[cp.acceptance],
         "width": cp.width,
         "threshold": cp.threshold if cp.acceptance == 0 else None,
-        "aal": st.advanced / st.periods if st.periods else None,
+        "aal": figures.aal(st.advanced, st.periods),
         "periods": st.periods,
         "advanced": st.advanced,
         "drafted": st.drafted,
@@ -929,7 +930,7 @@ def _correction_stats(cp, st, stats: dict) -> dict:
         "corrections": st.corrections,
         "dense_steps": st.dense_steps,
         "auto_dense": bool(st.auto_dense),
-        "effective_density": reads / steps if steps else None,
+        "effective_density": figures.effective_density(reads, steps),
         "parameter_reads": reads,  # effective_density's numerator (full-model weight passes) ...
         "loop_tokens": steps,      # ... and its denominator (tokens the loop produced), for pooling calls
         "draft_seconds": st.t_draft_ms / 1000.0,

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from ..bench import prefix_agreement
+from ..stats import aal, effective_density, prefix_agreement
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -53,8 +53,8 @@ def summarise(rows: list[dict], task: str, model: str, modes: list[str]) -> dict
             "accuracy": k / n if n else None,
             "ci95": [lo, hi],
             "accuracy_fallback": sum(bool(r["correct_fallback"]) for r in rs) / n if n else None,
-            "aal": advanced / periods if periods else None,
-            "effective_density": (reads / steps if steps else None) if mode != "dense" else 1.0,
+            "aal": aal(advanced, periods),
+            "effective_density": effective_density(reads, steps) if mode != "dense" else 1.0,
             "tokens_per_second": tokens / seconds if seconds else None,
             "agreement_with_dense": sum(agree) / len(agree) if agree else None,
         })
