@@ -74,8 +74,8 @@ if(NOT CUDA_cublas_LIBRARY)
             "nvidia-cublas` (CUDA 13; nvidia-cublas-cu12 for CUDA 12) and build again with the environment "
             "active, or pass -DSIRIUS_CUBLAS_DIR=<folder with include/cublas_v2.h and lib/libcublas.so.${_m}>.")
   endif()
-elseif(CUDA_cublas_LIBRARY)
-  # a previous configure found it in a wheel: keep its headers and run path
+else()
+  # found by the toolkit, or by a previous configure in a wheel: for a wheel, keep its headers and run path
   get_filename_component(_d "${CUDA_cublas_LIBRARY}" DIRECTORY)
   get_filename_component(_root "${_d}" DIRECTORY)
   if(EXISTS "${_root}/include/cublas_v2.h" AND NOT _d STREQUAL CUDAToolkit_LIBRARY_DIR)

@@ -285,20 +285,23 @@ bool ffn_on_cpu(const LayerFFN & f) {
     return true;
 }
 
-// A CPU tensor of `type`, ne0 x ne1, over bytes already in memory (a mapping), held in out.
-int32_t tensor_over(const uint8_t * data, ggml_type type, int64_t ne0, int64_t ne1, CompactTensor & out) {
-    const size_t n = ggml_row_size(type, ne0) * (size_t) ne1;
-    if (reinterpret_cast<uintptr_t>(data) % 32 != 0) {  // ggml aborts on it (TENSOR_ALIGNMENT)
-        return fail(SIRIUS_ERR_UNSUPPORTED, "a tensor's bytes are not 32-byte aligned in memory (a GGUF with "
-                                            "general.alignment below 32?); per-token sparsity cannot read it in place");
+// A CPU tensor `what` of `type`, ne0 x ne1 x ne2, over bytes already in memory (a mapping), held in out (the
+// caller keeps out, on failure too, so its context and buffer are freed with the others).
+int32_t tensor_over(const uint8_t * data, ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2, const char * what,
+                    CompactTensor & out) {
+    const size_t n = ggml_row_size(type, ne0) * (size_t) (ne1 * ne2);
+    if (reinterpret_cast<uintptr_t>(data) % kTensorAlign != 0) {  // ggml_backend_cpu_buffer_from_ptr aborts on it
+        return fail(SIRIUS_ERR_UNSUPPORTED, std::string(what) + " is not " + std::to_string(kTensorAlign) +
+                                                "-byte aligned in memory (a GGUF with general.alignment below that?); "
+                                                "per-token sparsity cannot read it in place");
     }
     ggml_init_params ip = {ggml_tensor_overhead(), nullptr, true};
     out.ctx = ggml_init(ip);
     out.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(data), n);
-    if (!out.ctx || !out.buf) return fail(SIRIUS_ERR_INTERNAL, "could not wrap a mapped tensor in a CPU buffer");
-    out.t = ggml_new_tensor_2d(out.ctx, type, ne0, ne1);
+    if (!out.ctx || !out.buf) return fail(SIRIUS_ERR_INTERNAL, std::string("could not wrap ") + what + " in a CPU buffer");
+    out.t = ggml_new_tensor_3d(out.ctx, type, ne0, ne1, ne2);
     if (ggml_backend_tensor_alloc(out.buf, out.t, const_cast<uint8_t *>(data)) != GGML_STATUS_SUCCESS) {
-        return fail(SIRIUS_ERR_INTERNAL, "could not place a mapped tensor");
+        return fail(SIRIUS_ERR_INTERNAL, std::string("could not place ") + what + " in its CPU buffer");
     }
     return SIRIUS_OK;
 }
@@ -320,19 +323,11 @@ int32_t group_layer(SparseFFN & sp, const MappedGGUF & file, const LayerFFN & f,
     if (!ok) {  // a repacked up whose view has no kernels: the file layout, read in place
         const uint8_t * src = file.tensor(f.name[0], ggml_nbytes(f.up));
         if (!src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[0] + " from the model file");
-        if (reinterpret_cast<uintptr_t>(src) % 32 != 0) {  // ggml aborts on it (TENSOR_ALIGNMENT)
-            return fail(SIRIUS_ERR_UNSUPPORTED, std::string(f.name[0]) + " is not 32-byte aligned in the model file; "
-                                                "top-k cannot read it in place");
-        }
         CompactTensor c;
-        ggml_init_params ip3 = {ggml_tensor_overhead(), nullptr, true};
-        c.ctx = ggml_init(ip3);
-        c.buf = ggml_backend_cpu_buffer_from_ptr(const_cast<uint8_t *>(src), ggml_nbytes(f.up));
-        up3 = ggml_new_tensor_3d(c.ctx, f.up->type, n_embd, G, nb);
+        const int32_t rc = tensor_over(src, f.up->type, n_embd, G, nb, f.name[0], c);
         sp.views.push_back(c);
-        if (!c.buf || ggml_backend_tensor_alloc(c.buf, up3, const_cast<uint8_t *>(src)) != GGML_STATUS_SUCCESS) {
-            return fail(SIRIUS_ERR_INTERNAL, std::string("could not place the top-k view of ") + f.name[0]);
-        }
+        if (rc != SIRIUS_OK) return rc;
+        up3 = c.t;
     }
     const uint8_t * down_src = file.tensor(f.name[2], ggml_nbytes(f.down));
     if (!down_src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[2] + " from the model file");
@@ -412,9 +407,9 @@ int32_t per_token_build(sirius_session * s, int32_t sparsity, float density, sir
                 if (!up_src) return fail(SIRIUS_ERR_IO, std::string("cannot read ") + f.name[0] + " from " + s->model->path);
                 CompactTensor u, d;
                 const uint8_t * down_src = sp->down_nm->rows[il];
-                int32_t rc = tensor_over(up_src, f.up->type, f.n_embd, f.n_ff, u);
+                int32_t rc = tensor_over(up_src, f.up->type, f.n_embd, f.n_ff, 1, f.name[0], u);
                 sp->views.push_back(u);
-                if (rc == SIRIUS_OK) rc = tensor_over(down_src, sp->down_nm->type, f.n_embd, f.n_ff, d);
+                if (rc == SIRIUS_OK) rc = tensor_over(down_src, sp->down_nm->type, f.n_embd, f.n_ff, 1, "the neuron-major ffn_down", d);
                 sp->views.push_back(d);
                 if (rc != SIRIUS_OK) return rc;
                 auto L = std::make_unique<NeuronLayer>();

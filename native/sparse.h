@@ -81,8 +81,11 @@ struct NeuronLayer {
     std::atomic<int64_t> kept{0}, seen{0};  // neurons computed / considered, over all decodes
 };
 
-// Where the neuron-major rows start in memory (ggml's CPU buffers need TENSOR_ALIGNMENT, 32; a cache line here).
+// The alignment ggml_backend_cpu_buffer_from_ptr asserts for the memory it wraps (ggml's TENSOR_ALIGNMENT), and
+// where the neuron-major rows start in memory (a cache line, a multiple of it).
+constexpr size_t kTensorAlign = 32;
 constexpr size_t kRowAlign = 64;
+static_assert(kRowAlign % kTensorAlign == 0, "neuron-major rows must satisfy ggml's alignment");
 
 // The neuron-major copy of every layer's ffn_down (neuron_down.cpp), one per model.
 struct NeuronDown {

@@ -76,6 +76,11 @@ def last_error() -> str:
     return ffi.string(lib.sirius_last_error()).decode("utf-8", "replace")
 
 
+def devices() -> list[str]:
+    """The devices besides the CPU that this build's backends found ("NAME: DESCRIPTION, N MiB"), [] for none."""
+    return [d for d in ffi.string(lib.sirius_devices()).decode().split("\n") if d]
+
+
 def check(rc: int) -> None:
     """Raises the exception that matches a sirius_status, with the native message (read on this thread)."""
     if rc != lib.SIRIUS_OK:

@@ -47,7 +47,7 @@ BIG_K = 256  # tokens of the batch whose per-token cost stands for ggml's best a
 
 
 def machine_info(llm) -> dict:
-    from ._native import ffi, lib
+    from ._native import devices, ffi, lib
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -61,7 +61,7 @@ def machine_info(llm) -> dict:
             "platform": platform.platform(), "python": platform.python_version(),
             "build": ffi.string(lib.sirius_version()).decode(),
             "system_info": ffi.string(lib.sirius_system_info()).decode().strip(),
-            "devices": ffi.string(lib.sirius_devices()).decode().split("\n")[:-1]}
+            "devices": devices()}
 
 
 def predicted_tps(k: int, a: float, s_ms: float, v_ms: float, width: int = 1) -> float:

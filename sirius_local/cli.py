@@ -303,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"sirius-local {__version__}; {ffi.string(lib.sirius_version()).decode()}")
         print(ffi.string(lib.sirius_system_info()).decode())
-        devices = ffi.string(lib.sirius_devices()).decode().strip()
-        print(f"devices: {devices}" if devices else "devices: none besides the CPU")
+        from ._native import devices
+
+        print(f"devices: {'; '.join(devices()) or 'none besides the CPU'}")
         return 0
     if not a.command:
         ap.print_help()

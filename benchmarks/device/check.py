@@ -36,10 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import synthetic_gguf  # noqa: E402
 
 from sirius_local import LLM, SiriusError, bench  # noqa: E402
-from sirius_local._native import LIB_DIR, ffi, lib  # noqa: E402
+from sirius_local._native import LIB_DIR, devices, ffi, lib  # noqa: E402
 
-PROMPT = ("Q: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
-          "How many clips did Natalia sell altogether in April and May?\nA: Let's think step by step.")
+PROMPT = bench.DEFAULT_PROMPT
 # Per-draft acceptance a on the real Qwen2.5-Coder-1.5B Q4_K_M (CPU, aal_sweep, relaxed K 16; benchmarks/NOTES.md,
 # "Single-neuron Griffin" and "Per-token sparsity on single neurons"): the backend does not change it.
 CPU_ACCEPTANCE = {("griffin", 0.5): 0.970, ("griffin", 0.3): 0.918, ("topk", 0.5): 0.986, ("topk", 0.3): 0.921}
@@ -53,10 +52,6 @@ LOGIT_TOL = 0.05
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def devices() -> list[str]:
-    return [d for d in ffi.string(lib.sirius_devices()).decode().split("\n") if d]
 
 
 def logits_check(path: str, n_gpu: int, threads: int) -> dict:
