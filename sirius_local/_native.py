@@ -72,6 +72,13 @@ _ERRORS = {
 }
 
 
+def enum_names(ctype: str, prefix: str) -> dict[str, int]:
+    """A sirius.h enum as {name: value} in value order, names lower-case without the prefix
+    (enum_names("sirius_mode", "SIRIUS_MODE_") == {"dense": 0, "sparse": 1, "sirius": 2})."""
+    items = sorted(ffi.typeof(ctype).relements.items(), key=lambda kv: kv[1])
+    return {k[len(prefix):].lower(): v for k, v in items if k.startswith(prefix)}
+
+
 def last_error() -> str:
     return ffi.string(lib.sirius_last_error()).decode("utf-8", "replace")
 

