@@ -27,6 +27,7 @@ import time
 from sirius_local import LLM
 from sirius_local.stats import aal as aal_of, prefix_agreement
 from sirius_local.evaluation import tasks
+from sirius_local import _testing
 
 # The baseline drafts with the full output head (draft_vocab 0), so the head's settings below show what it costs.
 BASE = dict(sparsity="griffin", density=0.5, period=16, threshold=0.1, accept_temperature=0.6, width=1, draft_vocab=0)
@@ -133,7 +134,7 @@ def main():
                 try:
                     res = llm.create_completion(prompt, max_tokens=a.tokens, stop=stop, mode="sirius",
                                                 trace=True, **cfg)
-                    heads[name] = set(llm.draft_head_tokens()) if res["stats"]["draft_vocab"] else None
+                    heads[name] = set(_testing.draft_head_tokens(llm)) if res["stats"]["draft_vocab"] else None
                 finally:
                     for k, v in saved.items():
                         if v is None:

@@ -157,7 +157,7 @@ int32_t sirius_draft_head_build(sirius_session * s, int32_t draft_vocab, sirius_
     return sirius::head_build(s, draft_vocab, info);
 }
 
-int32_t sirius_draft_head_tokens(const sirius_session * s, int32_t * out, int32_t n_max) {
+int32_t sirius_test_draft_head_tokens(const sirius_session * s, int32_t * out, int32_t n_max) {
     if (!s || !s->head) return 0;
     const auto & ids = s->head->ids;
     if (out) std::copy_n(ids.begin(), std::min<size_t>(ids.size(), (size_t) std::max(n_max, 0)), out);

@@ -66,7 +66,7 @@ int32_t mul_mat_repacked(ggml_type t, int32_t n, int32_t rows, int32_t cols, con
 
 }  // namespace
 
-extern "C" int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
+extern "C" int32_t sirius_test_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
                                        const float * x, float * out, int32_t n_threads, int32_t repack) {
     if (type < 0 || type >= GGML_TYPE_COUNT || !ggml_get_type_traits((ggml_type) type)->type_name) {
         return sirius::fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown ggml type " + std::to_string(type));
@@ -98,7 +98,7 @@ extern "C" int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, in
     return st == GGML_STATUS_SUCCESS ? SIRIUS_OK : sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
 }
 
-extern "C" int32_t sirius_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, int32_t n_head, int32_t n_head_kv,
+extern "C" int32_t sirius_test_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, int32_t n_head, int32_t n_head_kv,
                                           int32_t n_kv, const float * q, const float * k, const float * v,
                                           const float * mask, float scale, float * out, int32_t n_threads) {
     if (dk <= 0 || dv <= 0 || n_q <= 0 || n_kv <= 0 || n_head_kv <= 0 || n_head <= 0 || n_head % n_head_kv != 0 ||
@@ -131,7 +131,7 @@ extern "C" int32_t sirius_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, i
     return st == GGML_STATUS_SUCCESS ? SIRIUS_OK : sirius::fail(SIRIUS_ERR_INTERNAL, "ggml compute failed");
 }
 
-extern "C" int32_t sirius_ggml_neuron_ffn(int32_t up_type, int32_t down_type, int32_t n_embd, int32_t n_ff,
+extern "C" int32_t sirius_test_ggml_neuron_ffn(int32_t up_type, int32_t down_type, int32_t n_embd, int32_t n_ff,
                                           const void * up, const void * down_nm, const float * a, const float * x,
                                           int32_t k, float threshold, int32_t n_threads, float * y, int32_t * kept,
                                           int32_t * n_kept) {

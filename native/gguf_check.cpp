@@ -78,6 +78,8 @@ std::string bad(const std::string & key, const std::string & value, const std::s
 
 }  // namespace
 
+// Long (about 90 lines) because it is a flat list of independent checks, one per hyperparameter, in the order
+// llama.cpp's loader reads them; splitting it would only scatter that list.
 std::string check_gguf_hparams(const char * path) {
     gguf_init_params gp = {/*no_alloc =*/ true, /*ctx =*/ nullptr};
     gguf_context * ctx = gguf_init_from_file(path, gp);

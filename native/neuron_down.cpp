@@ -180,6 +180,8 @@ ggml_type neuron_down_type(ggml_type src, const char ** why) {
     return t == GGML_TYPE_BF16 ? GGML_TYPE_F16 : t;  // (no BF16 kernel)
 }
 
+// Loads the cached copy or builds it (and caches it). About 100 lines, in order: the cache check, the build over
+// the session's threads, the write and the reload; each step needs the one before it, under one lock.
 int32_t neuron_down(sirius_model * m, int32_t n_threads, std::shared_ptr<const NeuronDown> & out) {
     std::lock_guard<std::mutex> lock(m->neuron_mu);
     if (m->neuron_down) {

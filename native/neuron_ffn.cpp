@@ -454,8 +454,8 @@ ggml_tensor * build(ggml_context * ctx, ggml_tensor * cur, int32_t il, ggml_tens
     if (cur->ne[2] * cur->ne[3] != 1 || cur->type != GGML_TYPE_F32) return nullptr;
     if (sparse && n_tok == 1 && s->sparse && il < (int32_t) s->sparse->neurons.size() && s->sparse->neurons[il]) {
         NeuronLayer * L = s->sparse->neurons[il].get();
-        const ggml_tensor * const * row6 = &s->sparse->table[(size_t) il * 6];
-        if (row6[0] != up || row6[1] != gate || row6[2] != down) return nullptr;
+        const FFNOverride & o = s->sparse->table[il];
+        if (o.up != up || o.gate != gate || o.down != down) return nullptr;
         ggml_tensor * x = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx, cur);
         ggml_tensor * a = act(ctx, ggml_mul_mat(ctx, gate, x), gelu);
         return neuron_ffn_nodes(ctx, a, x, L);
@@ -481,7 +481,7 @@ void neuron_ffn_sync(sirius_session * s) {
     llama_sirius_set_ffn_builder(s->ctx, on ? build : nullptr, on ? s : nullptr);
 }
 
-// The two kernels' nodes for one layer (build, and sirius_ggml_neuron_ffn's check graph): y [n_embd] from
+// The two kernels' nodes for one layer (build, and sirius_test_ggml_neuron_ffn's check graph): y [n_embd] from
 // a = act(gate x) [n_ff] and x [n_embd]; NULL if down's type has no kernel.
 ggml_tensor * neuron_ffn_nodes(ggml_context * ctx, ggml_tensor * a, ggml_tensor * x, NeuronLayer * L) {
     if (!axpy_for(L->down->type) || L->down->ne[0] % 32 != 0) return nullptr;

@@ -325,6 +325,89 @@ int32_t plain_loop(sirius_session * s, const sirius_generate_params & p, sirius:
     return status;
 }
 
+// sirius_generate's arguments, checked before anything runs; stops gets the stop strings.
+int32_t check_generate(sirius_session * s, const int32_t * prompt, int32_t n_prompt, const sirius_generate_params * params,
+                       std::vector<std::string> & stops) {
+    if (!s || !params) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session or params is NULL");
+    if (n_prompt <= 0 || !prompt) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "the prompt is empty: give at least one token");
+    if (params->max_tokens < 1) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_tokens must be >= 1, got " + std::to_string(params->max_tokens));
+    }
+    if (int32_t rc = check_sampling(params->sampling)) return rc;
+    const bool corrected = params->mode == SIRIUS_MODE_SIRIUS;
+    const bool sparse = params->mode == SIRIUS_MODE_SPARSE || corrected;
+    if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse, 2 = sirius)");
+    }
+    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN && params->sparsity != SIRIUS_SPARSITY_TOPK &&
+        params->sparsity != SIRIUS_SPARSITY_THRESHOLD) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(params->sparsity));
+    }
+    if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(params->density));
+    }
+    if (sparse && params->draft_vocab < 0) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "draft_vocab must be >= 0 (0 = the full head), got " + std::to_string(params->draft_vocab));
+    }
+    if (corrected) {
+        if (int32_t rc = sirius::check_correction_params(*params)) return rc;
+    }
+    if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad stop list");
+    for (int32_t i = 0; i < params->n_stop; ++i) {
+        if (!params->stop[i] || !*params->stop[i]) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "stop strings must be non-empty");
+        stops.emplace_back(params->stop[i]);
+    }
+    if (int32_t rc = check_tokens(s, prompt, n_prompt)) return rc;
+    return sirius_session_check_prompt(s, n_prompt);
+}
+
+// The prompt's prefill. Reuses the dense KV of the longest common prefix; the last prompt token is evaluated for
+// its logits unless they are kept from this very prompt's prefill. Griffin needs its statistic over the whole
+// prompt: it is kept for the prefix it was collected on, so a prompt that extends that prefix (the next chat turn)
+// evaluates only what is new; any other prompt is prefilled in full.
+int32_t prefill(sirius_session * s, const int32_t * prompt, int32_t n_prompt, bool griffin, sirius_generate_result & res) {
+    int32_t common = 0;
+    const int32_t held = std::min<int32_t>((int32_t) s->tokens.size(), s->n_dense);
+    while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
+    const int32_t upto = s->griffin_upto;
+    const bool stats_reusable = griffin && upto > 0 && common >= upto;
+    // A re-run of the very prompt whose logits are kept (and, for Griffin, whose statistic is) evaluates nothing.
+    const bool whole = common == n_prompt && s->prompt_logits_n == n_prompt && (!griffin || (stats_reusable && upto >= n_prompt));
+    int32_t start = whole ? n_prompt : std::min(common, n_prompt - 1);
+    if (griffin && !whole) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
+    sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);
+    truncate_to(s, start);
+    res.n_prompt_cached = start;
+
+    const auto t0 = std::chrono::steady_clock::now();
+    if (!whole) {
+        // Collect over [upto, n_prompt).
+        const bool collect = griffin && !(stats_reusable && upto >= n_prompt);
+        s->prompt_logits.resize(s->model->n_vocab);
+        s->prompt_logits_n = 0;
+        if (collect) sirius::griffin_set_collect(s, true, !stats_reusable);
+        const int32_t rc = decode(s, prompt + start, n_prompt - start, false, s->prompt_logits.data());
+        if (collect) sirius::griffin_set_collect(s, false, false);
+        if (rc != SIRIUS_OK) {
+            s->griffin_upto = 0;
+            return rc;
+        }
+        s->prompt_logits_n = n_prompt;
+        if (griffin) s->griffin_upto = n_prompt;
+    }
+    res.t_prompt_ms = ms_since(t0);
+    return SIRIUS_OK;
+}
+
+// Threshold's measured density over a generation's sparse decodes (kept of seen neurons), and the parameters a
+// step read, from the neurons it kept (the skipped part scales with 1 - density).
+void threshold_measured(int64_t kept, int64_t seen, sirius_sparse_info & info) {
+    info.measured_density = seen > 0 ? (double) kept / (double) seen : 0.0;
+    if (seen > 0 && info.density < 1.0) {
+        info.param_fraction = 1.0 - (1.0 - info.param_fraction) * (1.0 - info.measured_density) / (1.0 - info.density);
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -632,77 +715,13 @@ int32_t sirius_truncate(sirius_session * s, int32_t n_keep) {
 
 int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_prompt, const sirius_generate_params * params,
                         sirius_token_callback callback, void * user_data, sirius_generate_result * result) {
-    if (!s || !params) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "session or params is NULL");
-    if (n_prompt <= 0 || !prompt) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "the prompt is empty: give at least one token");
-    if (params->max_tokens < 1) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_tokens must be >= 1, got " + std::to_string(params->max_tokens));
-    }
-    if (int32_t rc = check_sampling(params->sampling)) return rc;
+    std::vector<std::string> stops;
+    if (int32_t rc = check_generate(s, prompt, n_prompt, params, stops)) return rc;
     const bool corrected = params->mode == SIRIUS_MODE_SIRIUS;
     const bool sparse = params->mode == SIRIUS_MODE_SPARSE || corrected;  // both need the sparse FFN
-    if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse, 2 = sirius)");
-    }
-    if (sparse && params->sparsity != SIRIUS_SPARSITY_GRIFFIN && params->sparsity != SIRIUS_SPARSITY_TOPK &&
-        params->sparsity != SIRIUS_SPARSITY_THRESHOLD) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown sparsity method " + std::to_string(params->sparsity));
-    }
-    if (sparse && !(params->density > 0.0f && params->density <= 1.0f)) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "density must be in (0, 1], got " + std::to_string(params->density));
-    }
-    if (sparse && params->draft_vocab < 0) {
-        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "draft_vocab must be >= 0 (0 = the full head), got " + std::to_string(params->draft_vocab));
-    }
-    if (corrected) {
-        if (int32_t rc = sirius::check_correction_params(*params)) return rc;
-    }
-    if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad stop list");
-    std::vector<std::string> stops;
-    for (int32_t i = 0; i < params->n_stop; ++i) {
-        if (!params->stop[i] || !*params->stop[i]) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "stop strings must be non-empty");
-        stops.emplace_back(params->stop[i]);
-    }
-    if (int32_t rc = check_tokens(s, prompt, n_prompt)) return rc;
-    if (int32_t rc = sirius_session_check_prompt(s, n_prompt)) return rc;
-
     sirius_generate_result res{};
     res.n_prompt = n_prompt;
-
-    // Reuse the dense KV of the longest common prefix; the last prompt token is evaluated for its logits unless
-    // they are kept from this very prompt's prefill. Sparse modes need Griffin's statistic over the whole
-    // prompt: it is kept for the prefix it was collected on, so a prompt that extends that prefix (the next chat
-    // turn) evaluates only what is new; any other prompt is prefilled in full.
-    int32_t common = 0;
-    const int32_t held = std::min<int32_t>((int32_t) s->tokens.size(), s->n_dense);
-    while (common < held && common < n_prompt && s->tokens[common] == prompt[common]) ++common;
-    const int32_t upto = s->griffin_upto;
-    const bool griffin = sparse && params->sparsity == SIRIUS_SPARSITY_GRIFFIN;  // top-k needs no statistic
-    const bool stats_reusable = griffin && upto > 0 && common >= upto;
-    // A re-run of the very prompt whose logits are kept (and, for Griffin, whose statistic is) evaluates nothing.
-    const bool whole = common == n_prompt && s->prompt_logits_n == n_prompt && (!griffin || (stats_reusable && upto >= n_prompt));
-    int32_t start = whole ? n_prompt : std::min(common, n_prompt - 1);
-    if (griffin && !whole) start = stats_reusable ? std::min(upto, n_prompt - 1) : 0;
-    sirius::set_ffn_mode(s, SIRIUS_MODE_DENSE);
-    truncate_to(s, start);
-    res.n_prompt_cached = start;
-
-    auto t0 = std::chrono::steady_clock::now();
-    if (!whole) {
-        // Collect over [upto, n_prompt).
-        const bool collect = griffin && !(stats_reusable && upto >= n_prompt);
-        s->prompt_logits.resize(s->model->n_vocab);
-        s->prompt_logits_n = 0;
-        if (collect) sirius::griffin_set_collect(s, true, !stats_reusable);
-        int32_t prc = decode(s, prompt + start, n_prompt - start, false, s->prompt_logits.data());
-        if (collect) sirius::griffin_set_collect(s, false, false);
-        if (prc != SIRIUS_OK) {
-            s->griffin_upto = 0;
-            return prc;
-        }
-        s->prompt_logits_n = n_prompt;
-        if (griffin) s->griffin_upto = n_prompt;
-    }
-    res.t_prompt_ms = ms_since(t0);
+    if (int32_t rc = prefill(s, prompt, n_prompt, sparse && params->sparsity == SIRIUS_SPARSITY_GRIFFIN, res)) return rc;
     if (sparse) {
         if (int32_t rc = sirius::sparse_build(s, params->sparsity, params->density, &res.sparse)) return rc;
         if (int32_t rc = sirius::head_build(s, params->draft_vocab, &res.sparse)) return rc;
@@ -711,27 +730,17 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
 
     int64_t kept0 = 0, seen0 = 0;
     sirius_threshold_kept(s, &kept0, &seen0);
-
     sirius::TextStream text(stops);
-    int32_t status = SIRIUS_OK;
     res.finish_reason = SIRIUS_FINISH_LENGTH;
-    t0 = std::chrono::steady_clock::now();
-    if (corrected) {
-        status = sirius::correction_loop(s, *params, text, callback, user_data, res);
-    } else {
-        status = plain_loop(s, *params, text, callback, user_data, res);
-    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const int32_t status = corrected ? sirius::correction_loop(s, *params, text, callback, user_data, res)
+                                     : plain_loop(s, *params, text, callback, user_data, res);
     // Measuring the session's cost curve is a one-time set-up, reported on its own, not decoding time.
     res.t_generate_ms = ms_since(t0) - res.sirius.t_calibrate_ms;
     if (sparse && params->sparsity == SIRIUS_SPARSITY_THRESHOLD) {
         int64_t kept1 = 0, seen1 = 0;
         sirius_threshold_kept(s, &kept1, &seen1);
-        res.sparse.measured_density = seen1 > seen0 ? (double) (kept1 - kept0) / (double) (seen1 - seen0) : 0.0;
-        // The parameters a step read, from the groups it kept (the skipped part scales with 1 - density).
-        if (seen1 > seen0 && res.sparse.density < 1.0) {
-            res.sparse.param_fraction = 1.0 - (1.0 - res.sparse.param_fraction) * (1.0 - res.sparse.measured_density) /
-                                                  (1.0 - res.sparse.density);
-        }
+        threshold_measured(kept1 - kept0, seen1 - seen0, res.sparse);
     } else if (sparse) {
         res.sparse.measured_density = res.sparse.density;
     }

@@ -282,10 +282,8 @@ SIRIUS_API int32_t sirius_set_ffn_mode(sirius_session * session, int32_t mode);
 SIRIUS_API void    sirius_sparse_release(sirius_session * session);
 /* The trimmed draft head (after the prompt's prefill and sparse_build): single-token decodes in sparse mode then
  * compute logits for a token subset only (see sirius_generate_params.draft_vocab; 0 drops it), and their
- * logits rows hold -inf outside it. Models whose head has a bias keep the full head (info->draft_vocab = 0).
- * sirius_draft_head_tokens copies the subset (ascending, up to n_max) and returns its size (0: none). */
+ * logits rows hold -inf outside it. Models whose head has a bias keep the full head (info->draft_vocab = 0). */
 SIRIUS_API int32_t sirius_draft_head_build(sirius_session * session, int32_t draft_vocab, sirius_sparse_info * info);
-SIRIUS_API int32_t sirius_draft_head_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);
 /* Threshold sparsity: per-layer thresholds (n = n_layer values, finite, >= 0; NULL clears) on a neuron's
  * |act(gate x)|, used by sparse_build(SIRIUS_SPARSITY_THRESHOLD) and, live, by a threshold FFN already built. */
 SIRIUS_API int32_t sirius_set_thresholds(sirius_session * session, const float * thresholds, int32_t n);
@@ -300,16 +298,6 @@ SIRIUS_API float   sirius_score_bin_floor(int32_t bin);
 /* Per-token decodes so far on the current sparse FFN: neurons computed and neurons considered, over the
  * single-neuron layers. */
 SIRIUS_API int32_t sirius_threshold_kept(const sirius_session * session, int64_t * kept, int64_t * seen);
-/* The Griffin statistic of layer il per neuron (sqrt of the accumulated sum; n_ff values). Returns n_ff. */
-/* Top-k and threshold, for tests and tracing: record = 1 records, per layer, the neurons (group layers: the
- * groups) the last single-token sparse decode kept; sirius_topk_groups returns their count (ascending ids into
- * out), -1 if none was recorded. */
-SIRIUS_API int32_t sirius_topk_record(sirius_session * session, int32_t record);
-SIRIUS_API int32_t sirius_topk_groups(const sirius_session * session, int32_t il, int32_t * out, int32_t n_max);
-SIRIUS_API int32_t sirius_griffin_scores(const sirius_session * session, int32_t il, float * out, int32_t n_max);
-/* The neuron groups kept in layer il (ascending) and the group size; returns the count, -1 if none. */
-SIRIUS_API int32_t sirius_sparse_groups(const sirius_session * session, int32_t il, int32_t * groups, int32_t n_max,
-                                        int32_t * group_size);
 
 /* Cost of dense batches on this session (the verify cost curve): for each ks[i] in [1, 512], the median over
  * `repeats` runs of the wall time (ms) of one batch of ks[i] tokens with logits at every position, evaluated
@@ -318,42 +306,67 @@ SIRIUS_API int32_t sirius_sparse_groups(const sirius_session * session, int32_t 
 SIRIUS_API int32_t sirius_measure_verify(sirius_session * session, const int32_t * ks, int32_t n, int32_t repeats,
                                          double * ms_out);
 
-/* The sample acceptance rule on given distributions (tests): n_trials times, draw a draft from q, accept or
- * resample it against p; out_tokens gets the resulting tokens (distributed as p), *n_kept how many drafts stood. */
-SIRIUS_API int32_t sirius_speculative_sample(const float * p, const float * q, int32_t n, uint32_t seed, int32_t n_trials,
-                                             int32_t * out_tokens, int32_t * n_kept);
-
-/* One ggml-cpu matrix product on caller data (tests hold ggml's CPU paths for a weight type against a reference
- * and each other): out[c * rows + r] = row r of `weights` (rows x n of ggml type `type`, raw blocks) dot column c
- * of x (cols x n floats), computed by a ggml graph with n_threads threads, as llama.cpp's matmuls are. repack = 1
- * puts the weights in the CPU_REPACK buffer type first, as llama.cpp loads them by default (an error where this
- * build and CPU do not repack that type and shape). */
-SIRIUS_API int32_t sirius_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
-                                       const float * x, float * out, int32_t n_threads, int32_t repack);
-
-/* The single-neuron FFN kernels on caller data (tests): y = sum over kept neurons n of a[n] * (up row n . x) *
- * down_nm row n, where up is n_ff rows of n_embd (ggml type up_type, raw blocks, as in a GGUF), down_nm n_ff rows
- * of n_embd (down_type: Q4_0, Q8_0, F16 or F32), a the n_ff values act(gate x), and the kept neurons are the top k
- * of |a| (k > 0) or those with |a| >= threshold (k = 0); run by a ggml graph with n_threads threads. kept (n_ff
- * ints, or NULL) receives the kept ids ascending and *n_kept their count. */
-SIRIUS_API int32_t sirius_ggml_neuron_ffn(int32_t up_type, int32_t down_type, int32_t n_embd, int32_t n_ff,
-                                          const void * up, const void * down_nm, const float * a, const float * x,
-                                          int32_t k, float threshold, int32_t n_threads, float * y, int32_t * kept,
-                                          int32_t * n_kept);
-
-/* One ggml-cpu flash attention (ggml_flash_attn_ext, as llama.cpp's attention runs with flash_attn on) on caller
- * data, so tests can hold a verify batch's rows against one-token decodes: q is n_head x n_q x dk, k is
- * n_head_kv x n_kv x dk and v n_head_kv x n_kv x dv (floats, stored as F16 like llama.cpp's KV cache), mask n_q x n_kv
- * (0 or -INFINITY), out n_q x n_head x dv, computed with n_threads threads. */
-SIRIUS_API int32_t sirius_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, int32_t n_head, int32_t n_head_kv,
-                                          int32_t n_kv, const float * q, const float * k, const float * v,
-                                          const float * mask, float scale, float * out, int32_t n_threads);
+/* The correction loop's cost model (what period = auto decides with), for predictions: a period of k tokens
+ * (width beams) at per-draft acceptance rate accept_rate, sparse steps of sparse_ms, and dense batches whose
+ * measured costs are curve_ms[i] ms at curve_k[i] tokens (interpolated and extrapolated as the loop does).
+ * *verify_ms gets the period's dense batch cost, *tokens_per_second the predicted speed (either may be NULL). */
+SIRIUS_API int32_t sirius_cost_predict(const int32_t * curve_k, const double * curve_ms, int32_t n_curve, int32_t k,
+                                       int32_t width, double accept_rate, double sparse_ms, double * verify_ms,
+                                       double * tokens_per_second);
 
 /* Prefill (reusing the longest common prefix already in the KV cache) and the whole decode loop, in C.
  * The prompt replaces whatever followed that prefix. */
 SIRIUS_API int32_t sirius_generate(sirius_session * session, const int32_t * prompt, int32_t n_prompt,
                                    const sirius_generate_params * params, sirius_token_callback callback,
                                    void * user_data, sirius_generate_result * result);
+
+/* ---- Test and measurement hooks: sirius_test_*. Not for applications; tests and benchmarks hold the engine's
+ * parts against independent references with them. ---- */
+
+/* The Griffin statistic of layer il per neuron (sqrt of the accumulated sum; n_ff values). Returns n_ff. */
+SIRIUS_API int32_t sirius_test_griffin_scores(const sirius_session * session, int32_t il, float * out, int32_t n_max);
+/* The neurons (group_size > 1: groups) kept in layer il's compact FFN (ascending) and the group size; returns the
+ * count, -1 if none. */
+SIRIUS_API int32_t sirius_test_sparse_groups(const sirius_session * session, int32_t il, int32_t * groups, int32_t n_max,
+                                             int32_t * group_size);
+/* Top-k and threshold: record = 1 records, per layer, the neurons (group layers: the groups) the last single-token
+ * sparse decode kept; sirius_test_topk_kept returns their count (ascending ids into out), -1 if none was
+ * recorded. */
+SIRIUS_API int32_t sirius_test_topk_record(sirius_session * session, int32_t record);
+SIRIUS_API int32_t sirius_test_topk_kept(const sirius_session * session, int32_t il, int32_t * out, int32_t n_max);
+/* The trimmed draft head's tokens (ascending, up to n_max); returns the subset's size (0: full head). */
+SIRIUS_API int32_t sirius_test_draft_head_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);
+
+/* The sample acceptance rule on given distributions: n_trials times, draw a draft from q, accept or resample it
+ * against p; out_tokens gets the resulting tokens (distributed as p), *n_kept how many drafts stood. */
+SIRIUS_API int32_t sirius_test_speculative_sample(const float * p, const float * q, int32_t n, uint32_t seed,
+                                                  int32_t n_trials, int32_t * out_tokens, int32_t * n_kept);
+
+/* One ggml-cpu matrix product on caller data (ggml's CPU paths for a weight type against a reference and each
+ * other): out[c * rows + r] = row r of `weights` (rows x n of ggml type `type`, raw blocks) dot column c of x
+ * (cols x n floats), computed by a ggml graph with n_threads threads, as llama.cpp's matmuls are. repack = 1
+ * puts the weights in the CPU_REPACK buffer type first, as llama.cpp loads them by default (an error where this
+ * build and CPU do not repack that type and shape). */
+SIRIUS_API int32_t sirius_test_ggml_mul_mat(int32_t type, int32_t n, int32_t rows, int32_t cols, const void * weights,
+                                            const float * x, float * out, int32_t n_threads, int32_t repack);
+
+/* The single-neuron FFN kernels on caller data: y = sum over kept neurons n of a[n] * (up row n . x) * down_nm row
+ * n, where up is n_ff rows of n_embd (ggml type up_type, raw blocks, as in a GGUF), down_nm n_ff rows of n_embd
+ * (down_type: Q4_0, Q8_0, F16 or F32), a the n_ff values act(gate x), and the kept neurons are the top k of |a|
+ * (k > 0) or those with |a| >= threshold (k = 0); run by a ggml graph with n_threads threads. kept (n_ff ints, or
+ * NULL) receives the kept ids ascending and *n_kept their count. */
+SIRIUS_API int32_t sirius_test_ggml_neuron_ffn(int32_t up_type, int32_t down_type, int32_t n_embd, int32_t n_ff,
+                                               const void * up, const void * down_nm, const float * a, const float * x,
+                                               int32_t k, float threshold, int32_t n_threads, float * y, int32_t * kept,
+                                               int32_t * n_kept);
+
+/* One ggml-cpu flash attention (ggml_flash_attn_ext, as llama.cpp's attention runs with flash_attn on) on caller
+ * data, to hold a verify batch's rows against one-token decodes: q is n_head x n_q x dk, k is n_head_kv x n_kv x dk
+ * and v n_head_kv x n_kv x dv (floats, stored as F16 like llama.cpp's KV cache), mask n_q x n_kv (0 or -INFINITY),
+ * out n_q x n_head x dv, computed with n_threads threads. */
+SIRIUS_API int32_t sirius_test_ggml_flash_attn(int32_t dk, int32_t dv, int32_t n_q, int32_t n_head, int32_t n_head_kv,
+                                               int32_t n_kv, const float * q, const float * k, const float * v,
+                                               const float * mask, float scale, float * out, int32_t n_threads);
 /* CDEF-END */
 
 #ifdef __cplusplus

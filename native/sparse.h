@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <initializer_list>
 #include <vector>
 
 namespace sirius {
@@ -98,6 +99,18 @@ struct NeuronDown {
     double                            build_ms = 0.0;  // 0: loaded from the cache
 };
 
+// One layer's entry in patch 0001's FFN table (llama_sirius_set_ffn): the model's own up, gate and down, which
+// identify the layer's FFN, and the tensors a sparse single-token decode uses instead. All null: the layer stays
+// dense. By method:
+//   Griffin:                  the compact copies of the kept neurons' rows (up, gate) and columns (down);
+//   top-k / threshold groups: [n_embd, G, n_groups] views of up and down for patch 0002's mul_mat_id, the gate;
+//   top-k / threshold single neurons: the model's own three; the FFN builder (neuron_ffn.cpp) computes the layer
+//                             (were it ever to decline, patch 0001 would run these: the dense FFN).
+struct FFNOverride {
+    ggml_tensor * up = nullptr, * gate = nullptr, * down = nullptr;
+    ggml_tensor * sparse_up = nullptr, * sparse_gate = nullptr, * sparse_down = nullptr;
+};
+
 struct SparseFFN {
     int32_t                           sparsity = SIRIUS_SPARSITY_GRIFFIN;
     std::vector<CompactTensor>        owned;
@@ -109,11 +122,16 @@ struct SparseFFN {
     std::shared_ptr<const NeuronDown> down_nm;      // the model's neuron-major down
     std::vector<CompactTensor>        views;        // buffers over those mappings and the tensors in them
     bool                              all_groups = false;  // SIRIUS_PER_TOKEN_GROUPS=1: every layer on groups
-    std::vector<ggml_tensor *>        table;   // n_layer * 6, for llama_sirius_set_ffn
+    std::vector<FFNOverride>          table;   // per layer, for llama_sirius_set_ffn (set_ffn_table)
     std::vector<std::vector<int32_t>> groups;  // per layer; empty = dense layer
     std::vector<int32_t>              group_size;
     sirius_sparse_info                info{};
 
+    explicit SparseFFN(int32_t n_layer)
+        : topk_blocks(n_layer, 0), neurons(n_layer), table(n_layer), groups(n_layer), group_size(n_layer, 0) {
+        info.n_layers = n_layer;
+        info.down_type = -1;
+    }
     ~SparseFFN();
 };
 
@@ -127,6 +145,24 @@ struct DraftHead {
         if (t.ctx) ggml_free(t.ctx);
     }
 };
+
+// Allocates one tensor of `type`, shape ne0 x ne1 x ne2, in buft (the plain CPU type where buft is a CPU extra
+// type that cannot take the shape) (sparse.cpp).
+int32_t alloc_tensor(ggml_backend_buffer_type_t buft, ggml_type type, int64_t ne0, int64_t ne1, int64_t ne2,
+                     CompactTensor & out);
+// Where a compact copy of `like` goes: like's buffer type, but plain host memory for mapped or repacked weights.
+ggml_backend_buffer_type_t like_buft(const ggml_tensor * like);
+// Whether buft is the CPU extra type sparse tensors may live in (ggml-cpu's repacking).
+bool sparse_extra(ggml_backend_buffer_type_t buft);
+// The builders by method, for sparse_build: griffin.cpp and per_token.cpp.
+int32_t griffin_build(sirius_session * s, float density, sirius_sparse_info * info);
+int32_t per_token_build(sirius_session * s, int32_t sparsity, float density, sirius_sparse_info * info);
+
+// Hands the session's table (s->sparse->table) to llama.cpp (patch 0001), or clears it when there is none.
+void set_ffn_table(sirius_session * s);
+
+// The layer of a graph node named PREFIX-IL (llama.cpp's cb names, e.g. "ffn_swiglu-3"), -1 if none matches.
+int node_layer(const char * name, std::initializer_list<const char *> prefixes);
 
 // A tensor of `type`, shape ne0 x ne1, where a compact copy of `like` goes (sparse.cpp: like's buffer type, but
 // plain host memory for mmapped or CPU-repacked weights).

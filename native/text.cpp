@@ -1,3 +1,6 @@
+// Incremental text output (text.h): pieces are held back while they may still start a stop string or an
+// unfinished UTF-8 sequence.
+
 #include "text.h"
 
 #include <algorithm>

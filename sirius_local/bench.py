@@ -14,10 +14,10 @@ granularity: single neurons (1) for every method on the CPU; top-k and threshold
 block on layers offloaded to a GPU.
 
 Sirius rows add AAL, effective density, agreement with dense greedy (the share of dense greedy's tokens
-reproduced before the first difference) and the cost model's prediction of their speed from separately
-measured parts: sparse step s (the sparse-only row at that density, else the run's own drafts), the dense
-K-token batch v(K) (the verify curve) and the per-draft acceptance rate a = accepted / (accepted +
-corrections): predicted tok/s = (1 + a + ... + a^(K-1)) / ((K-1)·s + v(K)).
+reproduced before the first difference) and the engine's cost model's prediction of their speed (the model
+period="auto" decides with, asked through sirius_cost_predict) from separately measured parts: sparse step s (the
+sparse-only row at that density, else the run's own drafts), the dense K-token batch v(K) (the verify curve) and
+the per-draft acceptance rate a = accepted / (accepted + corrections).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import platform
 import statistics
 import sys
 from pathlib import Path
+from typing import NamedTuple, Optional, Union
 
 from . import stats as figures
 from .stats import prefix_agreement
@@ -64,22 +65,17 @@ def machine_info(llm) -> dict:
             "devices": devices()}
 
 
-def predicted_tps(k: int, a: float, s_ms: float, v_ms: float, width: int = 1) -> float:
-    """The cost model of period="auto" (correction.cpp): a period advances 1 + a + ... + a^(K-1) tokens for
-    K-1 sparse steps (a tree: 1 + (K-2)·W) and one dense batch of v_ms (K tokens; a tree: (K-1)·W + 1)."""
-    advance = sum(a ** i for i in range(k))
-    steps = k - 1 if width == 1 else 1 + (k - 2) * width
-    return 1000.0 * advance / (steps * s_ms + v_ms)
+def predict(vc: list[dict], k: int, a: float, s_ms: float, width: int = 1) -> tuple[float, float]:
+    """The engine's cost model (the one period="auto" decides with, sirius_cost_predict) on the measured verify
+    curve: (ms of the period's dense batch, predicted tokens/s) for periods of K at acceptance rate a with sparse
+    steps of s_ms (a tree of width W: 1 + (K-2)·W sparse steps and a (K-1)·W + 1 token batch)."""
+    from ._native import check, ffi, lib
 
-
-def curve_ms(vc: list[dict], n: int) -> float:
-    """Milliseconds of an n-token dense batch from the measured curve: linear between measured points, and
-    proportional to n past the last one (compute-bound)."""
-    pts = [(r["k"], r["seconds"] * 1000.0) for r in vc]
-    for (k0, m0), (k1, m1) in zip(pts, pts[1:]):
-        if k0 <= n <= k1:
-            return m0 + (m1 - m0) * (n - k0) / (k1 - k0)
-    return pts[-1][1] * n / pts[-1][0] if n > pts[-1][0] else pts[0][1]
+    ks = ffi.new("int32_t[]", [r["k"] for r in vc])
+    ms = ffi.new("double[]", [r["seconds"] * 1000.0 for r in vc])
+    v, tps = ffi.new("double *"), ffi.new("double *")
+    check(lib.sirius_cost_predict(ks, ms, len(vc), int(k), int(width), float(a), float(s_ms), v, tps))
+    return v[0], tps[0]
 
 
 def verify_curve(llm, prompt: str, ks=VERIFY_KS, repeats: int = 3, weight_bytes_per_step: int = 0) -> list[dict]:
@@ -130,25 +126,112 @@ def best_sirius(runs: list[dict]) -> dict | None:
                               "ratio_vs_dense", "aal", "accept_rate")}
 
 
+class Config(NamedTuple):
+    """One configuration of a run: dense, or a sparsity at a density (and, for Sirius, a period and width)."""
+    mode: str
+    sparsity: Optional[str] = None
+    density: float = 1.0
+    period: Union[int, str, None] = None
+    width: Optional[int] = None
+    draft_vocab: Optional[int] = None
+
+    def kwargs(self, acceptance: str, threshold: float) -> dict:
+        if self.mode == "dense":
+            return {"mode": "dense"}
+        kw = dict(mode=self.mode, sparsity=self.sparsity, density=self.density, draft_vocab=self.draft_vocab)
+        if self.mode == "sirius":
+            kw.update(period=self.period, acceptance=acceptance, threshold=threshold, width=self.width)
+        return kw
+
+
+def configs_for(modes, sparsities, densities, periods, widths, draft_vocabs) -> list[Config]:
+    """Dense first (Sirius rows are compared with it too), then every sparse and Sirius combination."""
+    out = [Config("dense")] if "dense" in modes or "sirius" in modes else []
+    if "sparse" in modes:
+        out += [Config("sparse", sp, d, draft_vocab=v) for sp in sparsities for d in densities for v in draft_vocabs]
+    if "sirius" in modes:
+        out += [Config("sirius", sp, d, k, w, v) for sp in sparsities for d in densities for k in periods
+                for w in widths for v in draft_vocabs]
+    return out
+
+
+def measure(llm, configs: list[Config], prompts: list[str], *, tokens, repeats, acceptance, threshold, log) -> dict:
+    """Every configuration once per repeat, interleaved (repeat r on prompt r mod n): {config: [stats, ...]}, each
+    stats with its agreement with that repeat's dense tokens."""
+    stats = {c: [] for c in configs}
+    for rep in range(repeats):
+        p = prompts[rep % len(prompts)]
+        dense_ids = None
+        for c in configs:
+            llm.reset()
+            st = llm.create_completion(p, max_tokens=tokens, ignore_eos=True, **c.kwargs(acceptance, threshold))["stats"]
+            if c.mode == "dense":
+                dense_ids = st["token_ids"]
+            st["agreement_with_dense"] = prefix_agreement(st["token_ids"], dense_ids) if dense_ids else None
+            stats[c].append(st)
+            extra = (f" AAL {st['aal']:.2f}/{c.period}" + (f" W={c.width}" if c.width > 1 else "")
+                     if c.mode == "sirius" and st["aal"] else "")
+            head = f" V={st['draft_vocab']}" if st.get("draft_vocab") else ""
+            log(f"  repeat {rep + 1}/{repeats} {c.mode:6} {c.sparsity or '':8} {c.density:4.2f} {c.period or '':>4}{head}: "
+                f"{st['tokens_per_second']:7.2f} tok/s{extra}")
+    return stats
+
+
+def summarise(c: Config, sts: list[dict], dense_tps, sparse_tps, vc, acceptance, threshold) -> dict:
+    """One configuration's row: medians of its repeats, its ratio to dense and, for Sirius, the pooled loop
+    figures and the cost model's prediction (sparse_tps: the sparse-only row at its density, if measured)."""
+    st, tps = sts[-1], statistics.median(x["tokens_per_second"] for x in sts)
+    # threshold keeps a varying share of neurons: the one its decodes measured (the calibrated one when none ran
+    # sparse, as `auto` may decide)
+    measured = [x["density_measured"] for x in sts if x.get("density_measured")]
+    dens = statistics.median(measured) if c.sparsity == "threshold" and measured else st.get("density_actual", 1.0)
+    dense = c.mode == "dense"
+    row = {"mode": c.mode, "sparsity": c.sparsity, "density": c.density, "tokens_per_second": tps,
+           "group_size": None if dense else st.get("group_size"),
+           "draft_vocab": None if dense else st.get("draft_vocab", 0),
+           "sparse_down_type": st.get("sparse_down_type"),
+           "samples": [x["tokens_per_second"] for x in sts], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
+           "ideal_ratio": 1.0 if dense else step_bytes_ratio(st),
+           "sparse_param_fraction": 1.0 if dense else st["sparse_param_fraction"],
+           "density_actual": dens,
+           "sparse_bytes": st.get("sparse_bytes", 0),
+           "sparse_device_bytes": st.get("sparse_device_bytes", 0),
+           "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
+           "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
+           if st["agreement_with_dense"] is not None else None}
+    if c.mode != "sirius":
+        return row
+    pool = figures.pooled(sts)
+    a = pool["accept_rate"] or 0.0
+    s_ms = 1000.0 / sparse_tps if sparse_tps else statistics.median(x["sparse_step_ms"] for x in sts)
+    k = c.period if c.period != "auto" else st["period_last"]
+    v_k, pred = predict(vc, k, a, s_ms, c.width) if k and k >= 2 else (None, None)
+    row.update(period=c.period, width=c.width, acceptance=acceptance,
+               threshold=threshold if acceptance == "relaxed" else None,
+               aal=pool["aal"], effective_density=pool["effective_density"],
+               accept_rate=a, sparse_step_ms=s_ms, verify_ms=v_k,
+               draft_seconds=statistics.median(x["draft_seconds"] for x in sts),
+               verify_seconds=statistics.median(x["verify_seconds"] for x in sts),
+               dense_steps=statistics.median(x["dense_steps"] for x in sts),
+               auto_dense=any(x["auto_dense"] for x in sts),
+               tree_nodes=statistics.median(x["tree_nodes"] for x in sts),
+               predicted_tokens_per_second=pred if c.period != "auto" else None,
+               ideal_ratio=None)  # Sirius's bound depends on acceptance: see effective_density
+    return row
+
+
 def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt=None, prompts=None, periods=(16,),
         acceptance="relaxed", threshold=0.1, widths=(1,), draft_vocabs=(None,), curve=False, n_ctx=2048, mlock=True,
         n_gpu_layers=0, log=print) -> dict:
     from .llm import LLM
 
     prompts = list(prompts or ([prompt] if prompt else GSM_PROMPTS))
+    configs = configs_for(modes, sparsities, densities, periods, widths, draft_vocabs)
     # mlock: weights stay in RAM. Otherwise the OS may page out the file pages one configuration does not touch
     # (a VM's DAMON reclaim does, within seconds) and the next configuration measures disk reads.
     with LLM(model, n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, use_mlock=mlock,
              n_gpu_layers=n_gpu_layers) as llm:
         step_bytes = llm.step_bytes()
-        configs = []
-        if "dense" in modes or "sirius" in modes:
-            configs.append(("dense", None, 1.0, None, None, None))
-        if "sparse" in modes:
-            configs += [("sparse", sp, d, None, None, v) for sp in sparsities for d in densities for v in draft_vocabs]
-        if "sirius" in modes:
-            configs += [("sirius", sp, d, k, w, v) for sp in sparsities for d in densities for k in periods
-                        for w in widths for v in draft_vocabs]
         if "threshold" in sparsities and modes != ["dense"]:
             from . import calibration
 
@@ -158,77 +241,14 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
                 res = llm.calibrate(missing)
                 log(f"  thresholds in {res['path']} ({res['seconds']:.1f} s)")
         llm.create_completion(prompts[0], max_tokens=4)  # warm-up: page the weights in
-        samples = {c: [] for c in configs}
-        stats = {c: [] for c in configs}
-        for rep in range(repeats):
-            p = prompts[rep % len(prompts)]
-            dense_ids = None
-            for c in configs:
-                mode, sp, d, k, w, v = c
-                kw = dict(mode=mode) if mode == "dense" else dict(mode=mode, sparsity=sp, density=d, draft_vocab=v)
-                if mode == "sirius":
-                    kw.update(period=k, acceptance=acceptance, threshold=threshold, width=w)
-                llm.reset()
-                st = llm.create_completion(p, max_tokens=tokens, ignore_eos=True, **kw)["stats"]
-                if mode == "dense":
-                    dense_ids = st["token_ids"]
-                st["agreement_with_dense"] = prefix_agreement(st["token_ids"], dense_ids) if dense_ids else None
-                samples[c].append(st["tokens_per_second"])
-                stats[c].append(st)
-                extra = f" AAL {st['aal']:.2f}/{k}" + (f" W={w}" if w > 1 else "") if mode == "sirius" and st["aal"] else ""
-                head = f" V={st['draft_vocab']}" if st.get("draft_vocab") else ""
-                log(f"  repeat {rep + 1}/{repeats} {mode:6} {sp or '':8} {d:4.2f} {k or '':>4}{head}: "
-                    f"{st['tokens_per_second']:7.2f} tok/s{extra}")
+        stats = measure(llm, configs, prompts, tokens=tokens, repeats=repeats, acceptance=acceptance,
+                        threshold=threshold, log=log)
         vc = verify_curve(llm, prompts[0], weight_bytes_per_step=step_bytes) if curve or "sirius" in modes else None
-        dense_tps = statistics.median(samples[configs[0]]) if configs[0][0] == "dense" else None
-        runs = []
-        for c in configs:
-            mode, sp, d, k, w, v = c
-            sts = stats[c]
-            st = sts[-1]
-            tps = statistics.median(samples[c])
-            # threshold keeps a varying share of neurons: the one its decodes measured (the calibrated one when
-            # none ran sparse, as `auto` may decide)
-            measured = [x["density_measured"] for x in sts if x.get("density_measured")]
-            dens = (statistics.median(measured) if sp == "threshold" and measured
-                    else st.get("density_actual", 1.0))
-            if mode == "dense":
-                if "dense" not in modes:
-                    continue
-                ideal, frac = 1.0, 1.0
-            else:
-                ideal, frac = step_bytes_ratio(st), st["sparse_param_fraction"]
-            row = {"mode": mode, "sparsity": sp, "density": d, "tokens_per_second": tps,
-                   "group_size": st.get("group_size") if mode != "dense" else None,
-                   "draft_vocab": st.get("draft_vocab", 0) if mode != "dense" else None,
-                   "sparse_down_type": st.get("sparse_down_type"),
-                   "samples": samples[c], "ratio_vs_dense": tps / dense_tps if dense_tps else None,
-                   "ideal_ratio": ideal, "sparse_param_fraction": frac,
-                   "density_actual": dens,
-                   "sparse_bytes": st.get("sparse_bytes", 0),
-                   "sparse_device_bytes": st.get("sparse_device_bytes", 0),
-                   "sparse_build_seconds": st.get("sparse_build_seconds", 0.0),
-                   "agreement_with_dense": statistics.median(x["agreement_with_dense"] for x in sts)
-                   if st["agreement_with_dense"] is not None else None}
-            if mode == "sirius":
-                pool = figures.pooled(sts)
-                a = pool["accept_rate"] or 0.0
-                sparse_row = ("sparse", sp, d, None, None, v)
-                s_ms = (1000.0 / statistics.median(samples[sparse_row]) if sparse_row in samples
-                        else statistics.median(x["sparse_step_ms"] for x in sts))
-                kk = k if k != "auto" else (st["period_last"] or 1)
-                v_k = curve_ms(vc, (kk - 1) * w + 1)  # the verify batch: K tokens, or a tree's nodes
-                row.update(period=k, width=w, acceptance=acceptance, threshold=threshold if acceptance == "relaxed" else None,
-                           aal=pool["aal"], effective_density=pool["effective_density"],
-                           accept_rate=a, sparse_step_ms=s_ms, verify_ms=v_k,
-                           draft_seconds=statistics.median(x["draft_seconds"] for x in sts),
-                           verify_seconds=statistics.median(x["verify_seconds"] for x in sts),
-                           dense_steps=statistics.median(x["dense_steps"] for x in sts),
-                           auto_dense=any(x["auto_dense"] for x in sts),
-                           tree_nodes=statistics.median(x["tree_nodes"] for x in sts),
-                           predicted_tokens_per_second=predicted_tps(k, a, s_ms, v_k, w) if k != "auto" else None)
-                row["ideal_ratio"] = None  # Sirius's bound depends on acceptance: see effective_density
-            runs.append(row)
+        tps = {c: statistics.median(x["tokens_per_second"] for x in sts) for c, sts in stats.items()}
+        dense_tps = tps.get(Config("dense"))
+        runs = [summarise(c, stats[c], dense_tps, tps.get(Config("sparse", c.sparsity, c.density, draft_vocab=c.draft_vocab)),
+                          vc, acceptance, threshold)
+                for c in configs if c.mode in modes]
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
                "prompt_tokens": stats[configs[0]][0]["prompt_tokens"], "prompts": prompts, "decode_tokens": tokens,
                "repeats": repeats, "mlock": mlock, "n_gpu_layers": n_gpu_layers, "weight_bytes_per_step": step_bytes, "runs": runs,

@@ -9,6 +9,8 @@ Ctrl-C) cancels generation between tokens.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import math
 import os
 import queue
@@ -16,7 +18,7 @@ import threading
 import time
 import uuid
 import warnings
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 from gguf import GGMLQuantizationType
@@ -34,6 +36,47 @@ MODES, SPARSITIES, ACCEPTANCES = tuple(MODE), tuple(SPARSITY), tuple(ACCEPTANCE)
 #: Tokens the drafts' trimmed output head keeps beyond the prompt's own and the end-of-generation tokens, chosen
 #: by measurement (benchmarks/NOTES.md, "The draft head on code and chat"); 0 = the full head.
 DRAFT_VOCAB = 8192
+@dataclasses.dataclass(frozen=True)
+class GenerationOptions:
+    """The generation options of create_completion and create_chat_completion, declared once (defaults here;
+    ranges are checked by LLM._params, and again by the C side)."""
+    max_tokens: Optional[int] = 256
+    temperature: float = 0.0
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    stop: Union[str, list, None] = None
+    seed: Optional[int] = None
+    mode: str = "dense"
+    sparsity: str = "griffin"
+    density: float = 0.5
+    period: Union[int, str] = "auto"
+    threshold: float = 0.1
+    acceptance: Optional[str] = None
+    accept_temperature: float = 0.6
+    width: int = 1
+    max_period: int = 32
+    draft_vocab: Optional[int] = None
+    ignore_eos: bool = False
+
+
+def _options(where: str, kw: dict) -> GenerationOptions:
+    unknown = sorted(set(kw) - {f.name for f in dataclasses.fields(GenerationOptions)})
+    if unknown:
+        raise TypeError(f"{where}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}")
+    return GenerationOptions(**kw)
+
+
+def _with_options(fn):
+    """Shows GenerationOptions' fields as fn's keyword-only parameters (help(), IDEs, inspect.signature)."""
+    sig = inspect.signature(fn)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    opts = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=f.type)
+            for f in dataclasses.fields(GenerationOptions)]
+    fn.__signature__ = sig.replace(parameters=own + opts)
+    return fn
+
+
 _FINISH = {v: k for k, v in enum_names("sirius_finish_reason", "SIRIUS_FINISH_").items()}
 
 
@@ -404,16 +447,6 @@ class LLM:
         with self._use() as ss:
             check(lib.sirius_griffin_collect(ss, bool(on)))
 
-    def griffin_scores(self, layer: int) -> np.ndarray:
-        """Griffin's per-neuron statistic of a layer (L2 norm over tokens of the unit-normalised FFN activation)."""
-        _int_in("layer", layer, 0, INT32_MAX)
-        with self._use() as ss:
-            n = lib.sirius_griffin_scores(ss, int(layer), ffi.NULL, 0)
-            out = np.zeros(max(n, 0), dtype=np.float32)
-            if n > 0:
-                lib.sirius_griffin_scores(ss, int(layer), ffi.cast("float *", out.ctypes.data), n)
-        return out
-
     def build_sparse(self, density: float = 0.5, sparsity: str = "griffin") -> dict:
         """Builds the compact sparse FFN from the collected statistic; returns what was built."""
         _require(sparsity in SPARSITIES, f"sparsity {sparsity!r} is not available (available: {', '.join(SPARSITIES)})")
@@ -432,14 +465,6 @@ class LLM:
             check(lib.sirius_draft_head_build(ss, int(draft_vocab), info))
         return int(info.draft_vocab)
 
-    def draft_head_tokens(self) -> list[int]:
-        """The token ids the trimmed draft head keeps, ascending (empty: full head)."""
-        with self._use() as ss:
-            n = lib.sirius_draft_head_tokens(ss, ffi.NULL, 0)
-            out = ffi.new("int32_t[]", max(n, 1))
-            lib.sirius_draft_head_tokens(ss, out, n)
-        return list(out[0:n])
-
     def set_thresholds(self, thresholds: Sequence[float] | None) -> None:
         """Threshold sparsity: per-layer thresholds on a neuron's |act(gate x)| (None clears); used by the next
         build_sparse(sparsity="threshold") and live by one already built."""
@@ -449,13 +474,6 @@ class LLM:
                 check(lib.sirius_set_thresholds(ss, ffi.NULL, 0))
             else:
                 check(lib.sirius_set_thresholds(ss, ffi.new("float[]", t), len(t)))
-
-    def threshold_kept(self) -> tuple[int, int]:
-        """Per-token decodes so far on the current sparse FFN: (neurons computed, neurons considered)."""
-        k, n = ffi.new("int64_t *"), ffi.new("int64_t *")
-        with self._use() as ss:
-            check(lib.sirius_threshold_kept(ss, k, n))
-        return int(k[0]), int(n[0])
 
     def neuron_scores_record(self, on: bool = True) -> None:
         """Calibration: True resets and starts adding every token's |act(gate x)| of every neuron, per layer, to a
@@ -479,36 +497,6 @@ class LLM:
         """Threshold sparsity: per-layer thresholds for each density, written to the model's sidecar file (see
         sirius_local.calibration.calibrate). Empties the KV cache."""
         return calibration.calibrate(self, densities, **kwargs)
-
-    def topk_record(self, on: bool = True) -> None:
-        """Top-k and threshold: record which neurons (on group layers: groups) each layer keeps in the following
-        single-token sparse decodes."""
-        with self._use() as ss:
-            check(lib.sirius_topk_record(ss, bool(on)))
-
-    def topk_groups(self, layer: int) -> list[int]:
-        """The neurons (group layers: groups; see stats' group_size) a layer kept in the last recorded top-k or
-        threshold decode, ascending ([] if none)."""
-        _int_in("layer", layer, 0, INT32_MAX)
-        with self._use() as ss:
-            n = lib.sirius_topk_groups(ss, int(layer), ffi.NULL, 0)
-            if n <= 0:
-                return []
-            buf = ffi.new("int32_t[]", n)
-            lib.sirius_topk_groups(ss, int(layer), buf, n)
-        return list(buf[0:n])
-
-    def sparse_groups(self, layer: int) -> tuple[list[int], int]:
-        """The neuron groups a layer's compact FFN keeps, and the group size ([] if the layer is dense)."""
-        _int_in("layer", layer, 0, INT32_MAX)
-        gs = ffi.new("int32_t *")
-        with self._use() as ss:
-            n = lib.sirius_sparse_groups(ss, int(layer), ffi.NULL, 0, gs)
-            if n < 0:
-                return [], 0
-            buf = ffi.new("int32_t[]", max(n, 1))
-            lib.sirius_sparse_groups(ss, int(layer), buf, n, gs)
-        return list(buf[0:n]), int(gs[0])
 
     def set_ffn_mode(self, mode: str) -> None:
         """"sparse": single-token eval() calls use the compact FFN; "dense": the full model."""
@@ -543,9 +531,13 @@ class LLM:
 
     # ----- generation ------------------------------------------------------------------------------------------
 
-    def _params(self, n_prompt, *, max_tokens, temperature, top_k, top_p, min_p, stop, seed, mode, sparsity, density,
-                ignore_eos=False, period="auto", threshold=0.1, acceptance=None, accept_temperature=0.6, width=1,
-                max_period=32, draft_vocab=None):
+    def _params(self, n_prompt, o: GenerationOptions):
+        """The C parameters for options o (ranges checked here, with messages naming the fix), the strings they
+        point to, and the calibrated thresholds threshold sparsity needs."""
+        max_tokens, temperature, top_k, top_p, min_p = o.max_tokens, o.temperature, o.top_k, o.top_p, o.min_p
+        stop, seed, mode, sparsity, density, period = o.stop, o.seed, o.mode, o.sparsity, o.density, o.period
+        threshold, acceptance, accept_temperature, width = o.threshold, o.acceptance, o.accept_temperature, o.width
+        max_period, draft_vocab, ignore_eos = o.max_period, o.draft_vocab, o.ignore_eos
         _require(mode in MODES, f"mode {mode!r} is not available in this version (available: {', '.join(MODES)})")
         _require(sparsity in SPARSITIES, f"sparsity {sparsity!r} is not available in this version "
                                          f"(available: {', '.join(SPARSITIES)})")
@@ -773,13 +765,8 @@ class LLM:
                 pass
             self._streams.discard(turn)
 
-    def create_completion(self, prompt: str | Sequence[int], *, max_tokens: int | None = 256, temperature: float = 0.0,
-                          top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, stop: str | list[str] | None = None,
-                          stream: bool = False, seed: int | None = None, mode: str = "dense",
-                          sparsity: str = "griffin", density: float = 0.5, period: int | str = "auto",
-                          threshold: float = 0.1, acceptance: str | None = None, accept_temperature: float = 0.6,
-                          width: int = 1, max_period: int = 32, draft_vocab: int | None = None, ignore_eos: bool = False,
-                          trace: bool = False):
+    @_with_options
+    def create_completion(self, prompt: str | Sequence[int], *, stream: bool = False, trace: bool = False, **options):
         """Text completion, as llama-cpp-python: a dict, or an iterator of chunks when stream=True. The result has
         `stats` (token_ids, tokens_per_second, prompt_tokens, completion_tokens, timings).
 
@@ -814,11 +801,7 @@ class LLM:
         generation and propagates; the LLM stays usable."""
         self._preempt_streams()
         toks = self.prompt_tokens(prompt)
-        params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
-                              ignore_eos=ignore_eos, period=period, threshold=threshold, acceptance=acceptance,
-                              accept_temperature=accept_temperature, width=width, max_period=max_period,
-                              draft_vocab=draft_vocab)
+        params = self._params(len(toks), _options("create_completion", options))
         cid, created = f"cmpl-{uuid.uuid4()}", int(time.time())
 
         def chunk(text, finish, stats=None):
@@ -844,22 +827,13 @@ class LLM:
 
     __call__ = create_completion
 
-    def create_chat_completion(self, messages: Sequence[dict], *, max_tokens: int | None = 256, temperature: float = 0.0,
-                               top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                               stop: str | list[str] | None = None, stream: bool = False, seed: int | None = None,
-                               mode: str = "dense", sparsity: str = "griffin", density: float = 0.5,
-                               period: int | str = "auto", threshold: float = 0.1, acceptance: str | None = None,
-                               accept_temperature: float = 0.6, width: int = 1, max_period: int = 32,
-                               draft_vocab: int | None = None, ignore_eos: bool = False, trace: bool = False):
+    @_with_options
+    def create_chat_completion(self, messages: Sequence[dict], *, stream: bool = False, trace: bool = False, **options):
         """Chat completion with the model's chat template, OpenAI / llama-cpp-python shaped (the generation
         options are create_completion's)."""
         self._preempt_streams()
         toks = self.chat_tokens(messages)
-        params = self._params(len(toks), max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              min_p=min_p, stop=stop, seed=seed, mode=mode, sparsity=sparsity, density=density,
-                              ignore_eos=ignore_eos, period=period, threshold=threshold, acceptance=acceptance,
-                              accept_temperature=accept_temperature, width=width, max_period=max_period,
-                              draft_vocab=draft_vocab)
+        params = self._params(len(toks), _options("create_chat_completion", options))
         cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
 
         def base(obj):

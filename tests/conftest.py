@@ -6,9 +6,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+import suite_model  # noqa: E402
 from sirius_local import registry  # noqa: E402
 
-TEST_MODEL = os.environ.get("SIRIUS_TEST_MODEL", "smollm2-135m-instruct")
 # The suite downloads nothing: models and eval data come from the cache, filled by the explicit step before it
 # (README's test command: `sirius-local models fetch ...` and `sirius-local eval --fetch-only`); what is missing
 # fails with that command named.
@@ -18,7 +18,7 @@ os.environ[registry.OFFLINE_ENV] = "1"
 @pytest.fixture(scope="session")
 def model_path() -> str:
     """The CI model (SmolLM2-135M Q4_1), from the user cache."""
-    return str(registry.resolve(TEST_MODEL))
+    return suite_model.path()
 
 
 @pytest.fixture(scope="module")

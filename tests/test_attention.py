@@ -1,4 +1,4 @@
-"""ggml-cpu's flash attention on random data, through sirius_ggml_flash_attn: each row of a short verify batch must be
+"""ggml-cpu's flash attention on random data, through sirius_test_ggml_flash_attn: each row of a short verify batch must be
 bit-identical to the one-token decode of that row (patch 0006), as strict Sirius needs. A one-token decode over 512+
 KV cells splits the cells across threads and merges the partial softmaxes; without the patch a batch runs each row
 in one pass, which rounds differently (checked below in a subprocess with GGML_CPU_FA_ROWS=0). Both are also held
@@ -29,7 +29,7 @@ def ggml_flash_attn(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarra
     n_q, n_kv = q.shape[1], k.shape[1]
     out = np.empty((n_q, q.shape[0], v.shape[2]), dtype=np.float32)
     f = lambda a: ffi.cast("float *", a.ctypes.data)  # noqa: E731
-    check(lib.sirius_ggml_flash_attn(DK, v.shape[2], n_q, q.shape[0], k.shape[0], n_kv, f(q), f(k), f(v), f(mask),
+    check(lib.sirius_test_ggml_flash_attn(DK, v.shape[2], n_q, q.shape[0], k.shape[0], n_kv, f(q), f(k), f(v), f(mask),
                                      DK ** -0.5, f(out), threads))
     return out
 
@@ -93,7 +93,7 @@ def test_without_the_patch_rows_round_unlike_decoding():
 def test_bad_arguments_are_errors():
     x = np.zeros(DK, dtype=np.float32)
     with pytest.raises(Exception, match="n_head a multiple of n_head_kv"):
-        check(lib.sirius_ggml_flash_attn(DK, DK, 1, 3, 2, 1, *(ffi.cast("float *", x.ctypes.data),) * 4, 1.0,
+        check(lib.sirius_test_ggml_flash_attn(DK, DK, 1, 3, 2, 1, *(ffi.cast("float *", x.ctypes.data),) * 4, 1.0,
                                          ffi.cast("float *", x.ctypes.data), 1))
 
 

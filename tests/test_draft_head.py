@@ -9,8 +9,8 @@ import pytest
 
 from sirius_local import InvalidParameterError
 from reference import PROMPT
-from test_sirius import CASES, DENSITY, run
-from test_sparse import prefill_collect
+from generation import CASES, DENSITY, prefill_collect, run
+from sirius_local import _testing
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_subset_is_the_rule(llm, toks):
     llm.build_sparse(0.5)
     n = 512
     size = llm.build_draft_head(n)
-    ids = llm.draft_head_tokens()
+    ids = _testing.draft_head_tokens(llm)
     assert size == len(ids) and ids == sorted(ids)
     top = set(np.argsort(-dense_rows.max(axis=0), kind="stable")[:n].tolist())
     want = top | set(toks) | eog_tokens(llm)
@@ -46,12 +46,12 @@ def test_trimmed_row_equals_the_full_head_on_the_subset(llm, toks):
     full_rows, trimmed_rows = [], []
     for draft_vocab, rows in ((0, full_rows), (256, trimmed_rows)):
         llm.truncate(len(toks))
-        assert llm.build_draft_head(draft_vocab) == (0 if draft_vocab == 0 else len(llm.draft_head_tokens()))
+        assert llm.build_draft_head(draft_vocab) == (0 if draft_vocab == 0 else len(_testing.draft_head_tokens(llm)))
         llm.set_ffn_mode("sparse")
         for t in follow:
             rows.append(llm.eval([t])[0])
         llm.set_ffn_mode("dense")
-    ids = np.array(llm.draft_head_tokens())
+    ids = np.array(_testing.draft_head_tokens(llm))
     out = np.setdiff1d(np.arange(llm.n_vocab()), ids)
     in_subset = 0
     for full, trimmed in zip(full_rows, trimmed_rows):
@@ -88,14 +88,14 @@ def test_sparse_mode_emits_only_subset_tokens(llm):
     assert st["draft_vocab"] > 64 and st["sparse_step_bytes"] < st["dense_step_bytes"]
     assert st["sparse_bytes"] > 0 and st["sparse_device_bytes"] == 0  # all in host memory on a CPU build
     # (the first token comes from the prompt's dense logits; the head stays built until the next prompt's)
-    assert set(st["token_ids"][1:]) <= set(llm.draft_head_tokens())
+    assert set(st["token_ids"][1:]) <= set(_testing.draft_head_tokens(llm))
 
 
 def test_sparse_mode_tokens_are_in_the_subset(llm, toks):
     prefill_collect(llm, toks)
     llm.build_sparse(0.5)
     llm.build_draft_head(64)
-    ids = set(llm.draft_head_tokens())
+    ids = set(_testing.draft_head_tokens(llm))
     llm.set_ffn_mode("sparse")
     t = toks[-1]
     llm.truncate(len(toks) - 1)

@@ -1,4 +1,4 @@
-"""ggml-cpu's quantised matrix products on random data, through sirius_ggml_mul_mat: every path a batch size can
+"""ggml-cpu's quantised matrix products on random data, through sirius_test_ggml_mul_mat: every path a batch size can
 take (vec_dot per column at 1; for Q6_K, patch 0004's small-batch kernel from 2 columns and tiled past 16 on AVX-512
 builds, past 32 on AVX2 ones; for
 Q4_K in the file layout, tiled from 8 columns; for Q4_K repacked as llama.cpp loads it, ggml's gemv at 1 column and
@@ -6,62 +6,17 @@ patch 0005's multi-column kernel from 2; for Q4_1, patch 0007's kernel from 2 co
 gguf's own dequantisation, and each small-batch kernel bit for bit against the one-column product it replaces
 (vec_dot, the repacked gemv)."""
 
-import platform
-
 import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize
 
+from kernels import BLOCK, X86_AVX2, cpu_has, ggml_mul_mat, q8_bound, random_blocks
 from sirius_local._native import ffi, lib, check
 
-# weights and bytes per block, offsets of the block's fp16 scales (Q4_1: the scale d and the minimum m)
-BLOCK = {QT.Q6_K: (256, 210, [208]), QT.Q4_K: (256, 144, [0, 2]), QT.Q4_1: (32, 20, [0, 2])}
-
-
-def random_blocks(qtype, rows: int, n: int, rng) -> np.ndarray:
-    """Random bytes are valid blocks once the fp16 scales are finite and modest."""
-    weights, size, f16 = BLOCK[qtype]
-    raw = rng.integers(0, 256, size=(rows * n // weights, size), dtype=np.uint8)
-    for off in f16:
-        raw[:, off:off + 2] = rng.uniform(-0.02, 0.02, size=len(raw)).astype(np.float16).view(np.uint8).reshape(-1, 2)
-    return raw.reshape(rows, -1)
-
-
-def ggml_mul_mat(qtype, w: np.ndarray, x: np.ndarray, threads: int = 2, repack: bool = False) -> np.ndarray:
-    rows, cols, n = w.shape[0], x.shape[0], x.shape[1]
-    w = np.ascontiguousarray(w)
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty((cols, rows), dtype=np.float32)
-    check(lib.sirius_ggml_mul_mat(int(qtype), n, rows, cols, ffi.cast("void *", w.ctypes.data),
-                                  ffi.cast("float *", x.ctypes.data), ffi.cast("float *", out.ctypes.data), threads,
-                                  int(repack)))
-    return out
-
-
-def cpu_has(flag: str) -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return flag in next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-
-
-X86_AVX2 = platform.machine() in ("x86_64", "AMD64") and cpu_has("avx2")
 needs_avx2 = pytest.mark.skipif(not X86_AVX2, reason="the small-batch kernels of patches 0004 and 0007 are AVX2 code")
-
 # llama.cpp repacks Q4_K weights (8 rows interleaved) on x86 CPUs with AVX2, where patch 0005's kernel runs
 needs_q4_k_repack = pytest.mark.skipif(not X86_AVX2, reason="Q4_K is repacked for the AVX2 kernels on x86 only")
-
-
-def q8_bound(wf: np.ndarray, x: np.ndarray, block: int = 256) -> np.ndarray:
-    """ggml quantises each column to Q8_K (256-wide blocks; Q8_1 for Q4_1: 32-wide), step max|x|/127:
-    |x - x_q| <= step/2 elementwise, so the product may differ from the float one by at most sum over blocks of
-    step/2 * sum |w|, plus float rounding."""
-    n = x.shape[1]
-    step = np.abs(x.reshape(len(x), n // block, block)).max(axis=2) / 127.0        # [cols, blocks]
-    wabs = np.abs(wf).reshape(len(wf), n // block, block).sum(axis=2)              # [rows, blocks]
-    return (step[:, None, :] / 2 * wabs[None, :, :]).sum(axis=2) * 1.001 + 1e-4 * (np.abs(x) @ np.abs(wf).T)
 
 
 @pytest.mark.parametrize("qtype", [QT.Q6_K, QT.Q4_K, QT.Q4_1])
@@ -159,8 +114,8 @@ def test_bad_arguments_are_errors_not_crashes():
     w = np.zeros(210, dtype=np.uint8)
     x = np.zeros((1, 256), dtype=np.float32)
     with pytest.raises(Exception, match="multiple of the type's block size"):
-        check(lib.sirius_ggml_mul_mat(int(QT.Q6_K), 100, 1, 1, ffi.cast("void *", w.ctypes.data),
+        check(lib.sirius_test_ggml_mul_mat(int(QT.Q6_K), 100, 1, 1, ffi.cast("void *", w.ctypes.data),
                                       ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1, 0))
     with pytest.raises(Exception, match="unknown ggml type"):
-        check(lib.sirius_ggml_mul_mat(9999, 256, 1, 1, ffi.cast("void *", w.ctypes.data),
+        check(lib.sirius_test_ggml_mul_mat(9999, 256, 1, 1, ffi.cast("void *", w.ctypes.data),
                                       ffi.cast("float *", x.ctypes.data), ffi.cast("float *", x.ctypes.data), 1, 0))

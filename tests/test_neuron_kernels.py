@@ -1,5 +1,5 @@
 """The single-neuron FFN kernels of per-token sparsity (native/neuron_ffn.cpp) on random data, through
-sirius_ggml_neuron_ffn (a ggml graph with the kernels' two custom ops, run with 1-3 threads): the kept set is the
+sirius_test_ggml_neuron_ffn (a ggml graph with the kernels' two custom ops, run with 1-3 threads): the kept set is the
 exact top-k of |a| (ties to the lower index) or exactly the threshold's; the output matches a NumPy reference
 for every up type the test models use and every neuron-major down type; with every neuron kept it matches
 ggml's own dense path; the AVX2 and portable kernels agree."""
@@ -14,7 +14,7 @@ from gguf import GGMLQuantizationType as QT
 from gguf.quants import dequantize, quantize
 
 from sirius_local._native import check, ffi, lib
-from test_kernels import BLOCK, X86_AVX2, ggml_mul_mat, q8_bound, random_blocks
+from kernels import BLOCK, X86_AVX2, ggml_mul_mat, q8_bound, random_blocks
 
 N_EMBD, N_FF = 768, 200  # 3 K-quant super-blocks, 24 blocks of 32 (thread splits of 4-12 blocks: vector tails); 200 neurons
 UP_TYPES = [QT.Q4_K, QT.Q6_K, QT.Q4_1, QT.Q8_0, QT.Q4_0, QT.Q5_0, QT.F16, QT.F32]
@@ -46,7 +46,7 @@ def neuron_ffn(up_t, up, down_t, down, a, x, k=0, threshold=0.0, threads=2):
     y = np.zeros(N_EMBD, dtype=np.float32)
     kept = np.zeros(N_FF, dtype=np.int32)
     n = ffi.new("int32_t *")
-    check(lib.sirius_ggml_neuron_ffn(int(up_t), int(down_t), N_EMBD, N_FF, ffi.cast("void *", up.ctypes.data),
+    check(lib.sirius_test_ggml_neuron_ffn(int(up_t), int(down_t), N_EMBD, N_FF, ffi.cast("void *", up.ctypes.data),
                                      ffi.cast("void *", down.ctypes.data), ffi.cast("float *", a.ctypes.data),
                                      ffi.cast("float *", x.ctypes.data), k, threshold, threads,
                                      ffi.cast("float *", y.ctypes.data), ffi.cast("int32_t *", kept.ctypes.data), n))
@@ -198,12 +198,12 @@ def test_bad_arguments_are_errors_not_crashes():
     a = np.zeros(N_FF, np.float32)
     x = np.zeros(N_EMBD, np.float32)
     with pytest.raises(Exception, match="multiple of 32"):
-        check(lib.sirius_ggml_neuron_ffn(int(QT.F32), int(QT.F32), 33, N_FF, ffi.cast("void *", z.ctypes.data),
+        check(lib.sirius_test_ggml_neuron_ffn(int(QT.F32), int(QT.F32), 33, N_FF, ffi.cast("void *", z.ctypes.data),
                                          ffi.cast("void *", z.ctypes.data), ffi.cast("float *", a.ctypes.data),
                                          ffi.cast("float *", x.ctypes.data), 1, 0.0, 1, ffi.cast("float *", x.ctypes.data),
                                          ffi.NULL, ffi.NULL))
     with pytest.raises(Exception, match="no neuron-major kernel"):
-        check(lib.sirius_ggml_neuron_ffn(int(QT.F32), int(QT.Q4_K), 256, 4, ffi.cast("void *", z.ctypes.data),
+        check(lib.sirius_test_ggml_neuron_ffn(int(QT.F32), int(QT.Q4_K), 256, 4, ffi.cast("void *", z.ctypes.data),
                                          ffi.cast("void *", z.ctypes.data), ffi.cast("float *", a.ctypes.data),
                                          ffi.cast("float *", z.ctypes.data), 1, 0.0, 1, ffi.cast("float *", z.ctypes.data),
                                          ffi.NULL, ffi.NULL))

@@ -25,7 +25,11 @@ from gguf import GGUFReader
 from reference import PROMPT, LlamaReference, group_masks
 from sirius_local import LLM, calibration
 from sirius_local.quantize import quantize
-from test_sparse import keep_masks
+from generation import keep_masks
+import suite_model
+from sirius_local import _testing
+
+N_LAYER, N_FF, _ = suite_model.shape()
 
 
 def distance(ours, ref):
@@ -69,7 +73,7 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype, scratch_cache):
         assert np.abs(full - m.eval([nxt])).max() < 1e-4, ftype
 
         info = m.build_sparse(0.5)
-        assert info["sparse_layers"] == 30
+        assert info["sparse_layers"] == N_LAYER
         m.truncate(len(toks))
         m.set_ffn_mode("sparse")
         sparse = m.eval([nxt])
@@ -91,14 +95,14 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype, scratch_cache):
         m.set_ffn_mode("dense")
         m.truncate(len(toks))
         tinfo = m.build_sparse(0.5, sparsity="topk")
-        assert tinfo["sparse_layers"] == 30
-        m.topk_record(True)
+        assert tinfo["sparse_layers"] == N_LAYER
+        _testing.topk_record(m, True)
         m.set_ffn_mode("sparse")
         topk = m.eval([nxt])
         m.set_ffn_mode("dense")
         assert tinfo["group_size"] == 1 and tinfo["sparse_down_type"] == compact, (ftype, tinfo)
-        tkeep = group_masks({il: m.topk_groups(il) for il in range(30)}, 1, 1536)
-        m.topk_record(False)
+        tkeep = group_masks({il: _testing.topk_kept(m, il) for il in range(N_LAYER)}, 1, N_FF)
+        _testing.topk_record(m, False)
 
         # Threshold on the same file (the same kernels): thresholds 0 keep every neuron; per-layer medians of
         # the prompt's |act(gate x)| keep about half, checked as masks like top-k.
@@ -106,17 +110,17 @@ def test_sparse_ffn_on_quant_type(model_path, quant_dir, ftype, scratch_cache):
             m.truncate(len(toks))
             m.set_thresholds(th)
             m.build_sparse(0.5, sparsity="threshold")
-            m.topk_record(True)
+            _testing.topk_record(m, True)
             m.set_ffn_mode("sparse")
             out = m.eval([nxt])
             m.set_ffn_mode("dense")
-            masks = group_masks({il: m.topk_groups(il) for il in range(30)}, 1, 1536)
-            m.topk_record(False)
+            masks = group_masks({il: _testing.topk_kept(m, il) for il in range(N_LAYER)}, 1, N_FF)
+            _testing.topk_record(m, False)
             return out, masks
 
-        thr_all, all_masks = threshold_decode([0.0] * 30)
+        thr_all, all_masks = threshold_decode([0.0] * N_LAYER)
         assert all(mk.all() for mk in all_masks.values()), ftype
-        thr, hkeep = threshold_decode([calibration.threshold_at(m.neuron_score_hist(il), 0.5) for il in range(30)])
+        thr, hkeep = threshold_decode([calibration.threshold_at(m.neuron_score_hist(il), 0.5) for il in range(N_LAYER)])
         assert 0.2 < np.mean([mk.mean() for mk in hkeep.values()]) < 0.8, ftype
     smax, smean, _ = distance(sparse, ref.logits(toks + [nxt], ffn_keep=keep, keep_from=len(toks),
                                                  compact_down=compact)[-1:])

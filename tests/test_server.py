@@ -383,3 +383,12 @@ def test_serve_refuses_bad_options(args, match):
     r = subprocess.run([sys.executable, "-m", "sirius_local.server", "--n-ctx", "64", *args], capture_output=True,
                        text=True, timeout=60, env={**os.environ})
     assert r.returncode == 2 and match in r.stderr and "Traceback" not in r.stderr
+
+
+def test_every_generation_option_is_a_request_field():
+    # The server passes LLM's generation options through by name (schema.PASSED, derived from GenerationOptions):
+    # an option added to the LLM without a request field would be dropped silently.
+    from sirius_local.server import schema
+
+    for cls in (schema.CompletionRequest, schema.ChatRequest):
+        assert set(schema._Generation.PASSED) | {"temperature", "max_tokens"} <= set(cls.model_fields), cls

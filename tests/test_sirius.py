@@ -9,55 +9,8 @@ import pytest
 
 from sirius_local import LLM, InvalidParameterError
 from sirius_local._native import ffi, lib
-
-# Density 0.8 on SmolLM2-135M: drafts are often right and often wrong (strict AAL about 2-4 of 16), so both
-# the accept and the rollback paths run in every test. The 135M model's sparse drafts at 0.5 are mostly wrong.
-DENSITY = 0.8
-LONG_TEXT = ("The history of the lighthouse begins with fires lit on hills to guide ships home. Over centuries "
-             "these became towers of stone with lamps of oil, then lenses that bent the light into beams. ") * 27
-
-CHAT = [
-    ("What is the capital of France?", None),
-    ("Write a haiku about autumn.", None),
-    ("Explain recursion in one sentence.", None),
-    ("List three colors.", None),
-    ("Reply with just the word yes.", None),  # ends by end-of-generation
-    ("Give me a Python function that reverses a string.", None),
-    ("What is 12 times 7?", None),
-    ("If I have 3 apples and eat one, how many are left? Think step by step.", None),
-    ("Translate 'good morning' to French.", None),
-    ("Name a planet in our solar system.", None),
-    ("Describe the ocean.", "."),  # ends by a stop string
-]
-COMPLETION = [
-    ("def fibonacci(n):", None),
-    ("The quick brown fox", None),
-    ("Q: What is 15 + 27?\nA:", None),
-    ("1, 2, 3, 4,", ", 9"),  # stop string spanning tokens
-    ("Once upon a time", None),
-    ("import numpy as np\n", None),
-    ("The three laws of robotics are", "\n\n"),
-    ("Question: Is the sun a star?\nAnswer:", None),
-    ("<|im_start|>user\nSay hi.<|im_end|>\n<|im_start|>assistant\n", None),
-]
-MAX_TOKENS = 40
-
-
-def run(llm, kind, prompt, stop, **kw):
-    # Every run prefills its whole prompt: a reused KV prefix would evaluate the rest of the prompt in a smaller
-    # batch, and batches of 64+ tokens round differently from smaller ones (NOTES), which can flip a near-tied
-    # greedy token (seen on Qwen 0.5B: top-2 margin 0.04). Dense and Sirius are compared on equal footing.
-    llm.reset()
-    if kind == "chat":
-        r = llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=kw.pop("max_tokens", MAX_TOKENS),
-                                       stop=stop, **kw)
-        return r["choices"][0]["message"]["content"], r["choices"][0]["finish_reason"], r["stats"]
-    r = llm.create_completion(prompt, max_tokens=kw.pop("max_tokens", MAX_TOKENS), stop=stop, **kw)
-    return r["choices"][0]["text"], r["choices"][0]["finish_reason"], r["stats"]
-
-
-CASES = [("chat", p, s) for p, s in CHAT] + [("completion", p, s) for p, s in COMPLETION] + [("long", LONG_TEXT, None)]
-
+from sirius_local.llm import GenerationOptions
+from generation import CASES, CHAT, COMPLETION, DENSITY, LONG_TEXT, dense_kv_error, reconstruct, run
 
 @pytest.fixture(scope="module")
 def dense(llm):
@@ -104,30 +57,6 @@ def test_density_one_accepts_everything(llm):
     _t, _f, st = run(llm, "completion", "The quick brown fox", None, mode="sirius", period=8, acceptance="strict",
                      density=1.0, max_tokens=33, ignore_eos=True, draft_vocab=0)
     assert st["periods"] == 4 and st["accepted"] == st["drafted"] == 28 and st["aal"] == 8
-
-
-def reconstruct(first: int, trace: list[dict]) -> list[int]:
-    out = [first]
-    for t in trace:
-        out += t["drafts"][:t["accepted"]] + [t["correction"]]
-    return out
-
-
-def dense_kv_error(llm, n_prompt: int) -> float:
-    """max |logits| difference for one more token between the session's KV cache and a fresh dense evaluation
-    of the same tokens: 0 only if every cached entry is the dense model's. The fresh pass evaluates the prompt in
-    one batch and the rest in batches of 16, as the loop does: on this CPU build batches of 64 or more tokens take
-    another matmul path whose rounding moves SmolLM2's logits by up to ~1.3, smaller ones are bit-identical to
-    single-token decoding."""
-    held = llm.tokens
-    probe = held[-1]
-    cont = llm.eval([probe], logits_all=False)[0]
-    llm.reset()
-    rest = held[n_prompt:] + [probe]
-    llm.eval(held[:n_prompt], logits_all=False)
-    for i in range(0, len(rest), 16):
-        fresh = llm.eval(rest[i:i + 16], logits_all=False)[0]
-    return float(np.abs(cont - fresh).max())
 
 
 @pytest.mark.parametrize("threshold", [0.1, 0.5])
@@ -185,7 +114,7 @@ def spec_samples(p, q, seed, n):
     q = np.asarray(q, np.float32)
     out = np.zeros(n, dtype=np.int32)
     kept = ffi.new("int32_t *")
-    rc = lib.sirius_speculative_sample(ffi.cast("float *", p.ctypes.data), ffi.cast("float *", q.ctypes.data), len(p),
+    rc = lib.sirius_test_speculative_sample(ffi.cast("float *", p.ctypes.data), ffi.cast("float *", q.ctypes.data), len(p),
                                        seed, n, ffi.cast("int32_t *", out.ctypes.data), kept)
     assert rc == 0
     return np.bincount(out, minlength=len(p)), kept[0]
@@ -250,9 +179,8 @@ def test_cancel_mid_period_leaves_session_consistent(llm):
 def test_error_in_callback_mid_period_leaves_session_usable(llm):
     prompt = "A forest is a place where"
     ref = llm.create_completion(prompt, max_tokens=30)["stats"]["token_ids"]
-    params = llm._params(len(llm.tokenize(prompt)), max_tokens=100, temperature=0.0, top_k=40, top_p=0.95, min_p=0.05,
-                         stop=None, seed=None, mode="sirius", sparsity="griffin", density=DENSITY, period=16,
-                         acceptance="strict")
+    params = llm._params(len(llm.tokenize(prompt)), GenerationOptions(max_tokens=100, mode="sirius", density=DENSITY,
+                                                                      period=16, acceptance="strict"))
     seen = []
 
     def boom(ids, _text):
@@ -344,7 +272,7 @@ def test_strict_reproduces_dense_greedy_qwen(period):
 def _avx2_x86() -> bool:
     import platform
 
-    from test_kernels import cpu_has
+    from kernels import cpu_has
 
     return platform.machine() in ("x86_64", "AMD64") and cpu_has("avx2") and not cpu_has("avx512f")
 

@@ -6,6 +6,8 @@ import pytest
 
 from reference import PROMPT, compare
 from sirius_local import LLM, InvalidParameterError
+from generation import keep_masks, prefill_collect
+from sirius_local import _testing
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +22,6 @@ def ref_z(reference, toks):
     return z
 
 
-def prefill_collect(llm, toks):
-    llm.reset()
-    llm.griffin_collect(True)
-    llm.eval(toks, logits_all=False)
-    llm.griffin_collect(False)
-
-
-def keep_masks(llm, n_layer: int = 30, n_ff: int = 1536) -> dict[int, np.ndarray]:
-    """Per layer, the FFN neurons the compact FFN keeps, as a boolean mask for LlamaReference(ffn_keep=...)."""
-    keep = {}
-    for il in range(n_layer):
-        groups, G = llm.sparse_groups(il)
-        mask = np.zeros(n_ff, dtype=bool)
-        for g in groups:
-            mask[g * G:(g + 1) * G] = True  # (G = 1 for Griffin, a neuron per entry)
-        keep[il] = mask
-    return keep
-
-
 def griffin_reference(z: np.ndarray) -> np.ndarray:
     """Griffin's statistic: rows normalised to unit L2 norm, then the L2 norm of each neuron's column."""
     zn = z / np.linalg.norm(z, axis=1, keepdims=True)
@@ -48,7 +31,7 @@ def griffin_reference(z: np.ndarray) -> np.ndarray:
 def test_griffin_statistic_matches_reference(llm, toks, ref_z):
     prefill_collect(llm, toks)
     for il, z in ref_z.items():
-        ours, ref = llm.griffin_scores(il), griffin_reference(z)
+        ours, ref = _testing.griffin_scores(llm, il), griffin_reference(z)
         assert ours.shape == ref.shape
         # 8-bit activation rounding in llama.cpp perturbs each z by about 1%; the statistic sums squares of
         # unit-normalised rows, so it agrees to about that.
@@ -64,9 +47,9 @@ def test_griffin_keeps_the_reference_top_k_neurons(llm, toks, ref_z):
     assert info["sparse_down_type"] == "Q4_0"
     overlaps = []
     for il, z in ref_z.items():
-        kept, G = llm.sparse_groups(il)
+        kept, G = _testing.sparse_groups(llm, il)
         assert G == 1 and kept == sorted(kept) and len(set(kept)) == len(kept)
-        ours, ref = llm.griffin_scores(il), griffin_reference(z)
+        ours, ref = _testing.griffin_scores(llm, il), griffin_reference(z)
         k = len(kept)
         assert k == -(-round(0.5 * len(ref)) // block) * block
         # The rule, on our own statistic: every kept neuron scores at least every skipped one.
@@ -185,21 +168,21 @@ def test_next_chat_turn_collects_only_its_new_tokens(llm, model_path):
                     {"role": "user", "content": "Now one about the mountains."}]
     r2 = llm.create_chat_completion(msgs2, max_tokens=20, mode="sirius", density=0.5)
     assert r2["stats"]["prompt_tokens_cached"] == r1["stats"]["prompt_tokens"]
-    ours = [llm.griffin_scores(il) for il in range(30)]
-    kept = [set(llm.sparse_groups(il)[0]) for il in range(30)]
+    ours = [_testing.griffin_scores(llm, il) for il in range(llm.n_layer())]
+    kept = [set(_testing.sparse_groups(llm, il)[0]) for il in range(llm.n_layer())]
     with LLM(model_path, n_ctx=1024) as fresh:
         f2 = fresh.create_chat_completion(msgs2, max_tokens=20, mode="sirius", density=0.5)
         assert f2["stats"]["prompt_tokens_cached"] == 0
         assert f2["stats"]["prompt_tokens"] == r2["stats"]["prompt_tokens"]
-        for il in range(30):
+        for il in range(llm.n_layer()):
             # Same tokens, same dense KV; only the batch split differs (which moves 8-bit activation rounding).
-            np.testing.assert_allclose(ours[il], fresh.griffin_scores(il), rtol=0.05, atol=1e-3)
-            theirs = set(fresh.sparse_groups(il)[0])
+            np.testing.assert_allclose(ours[il], _testing.griffin_scores(fresh, il), rtol=0.05, atol=1e-3)
+            theirs = set(_testing.sparse_groups(fresh, il)[0])
             assert len(kept[il] & theirs) >= 0.9 * len(theirs)
     # The same prompt again evaluates nothing (its logits are kept) and keeps the statistic.
     r3 = llm.create_chat_completion(msgs2, max_tokens=5, mode="sparse", density=0.5)
     assert r3["stats"]["prompt_tokens_cached"] == r3["stats"]["prompt_tokens"]
-    np.testing.assert_array_equal(llm.griffin_scores(3), ours[3])
+    np.testing.assert_array_equal(_testing.griffin_scores(llm, 3), ours[3])
     # A different prompt starts over.
     r4 = llm.create_chat_completion([{"role": "user", "content": "Hi"}], max_tokens=5, mode="sparse", density=0.5)
     assert r4["stats"]["prompt_tokens_cached"] == 0

@@ -12,8 +12,10 @@ from reference import PROMPT, compare, group_masks
 from sirius_local import LLM
 from sirius_local import calibration, calibration_text
 from sirius_local.errors import CalibrationMissingError, InvalidParameterError
+from sirius_local import _testing
+import suite_model
 
-N_LAYER, N_FF = 30, 1536  # SmolLM2-135M
+N_LAYER, N_FF, _ = suite_model.shape()
 
 
 @pytest.fixture(scope="module")
@@ -66,16 +68,16 @@ def decode_threshold(llm, toks, nxt, thresholds):
     llm.eval(toks, logits_all=False)
     llm.set_thresholds(thresholds)
     info = llm.build_sparse(0.5, sparsity="threshold")
-    llm.topk_record(True)
+    _testing.topk_record(llm, True)
     llm.set_ffn_mode("sparse")
     try:
-        k0 = llm.threshold_kept()
+        k0 = _testing.threshold_kept(llm)
         out = llm.eval([nxt])[0]
-        k1 = llm.threshold_kept()
-        groups = {il: llm.topk_groups(il) for il in range(N_LAYER)}
+        k1 = _testing.threshold_kept(llm)
+        groups = {il: _testing.topk_kept(llm, il) for il in range(N_LAYER)}
     finally:
         llm.set_ffn_mode("dense")
-        llm.topk_record(False)
+        _testing.topk_record(llm, False)
     return out, info, groups, (k1[0] - k0[0], k1[1] - k0[1])
 
 

@@ -5,7 +5,7 @@ position order, after every period."""
 import pytest
 
 from sirius_local import LLM, InvalidParameterError, calibration_text
-from test_sirius import CASES, DENSITY, dense_kv_error, reconstruct, run
+from generation import CASES, DENSITY, dense_kv_error, reconstruct, run
 
 
 @pytest.fixture(scope="module")

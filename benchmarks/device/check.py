@@ -101,7 +101,7 @@ def engine_checks(path: str, n_gpu: int, threads: int, tokens: int, on_gpu: bool
 
 
 def predicted(res: dict) -> list[dict]:
-    """Relaxed Sirius tok/s by the cost model (bench.predicted_tps, what period="auto" uses) from this machine's
+    """Relaxed Sirius tok/s by the cost model (bench.predict: the engine's, what period="auto" uses) from this machine's
     measured sparse decode step (with the full and the trimmed head) and dense verify curve, at the acceptance
     measured on the CPU on the real model."""
     runs, vc = res["runs"], res["verify_curve"]
@@ -114,7 +114,7 @@ def predicted(res: dict) -> list[dict]:
         s_ms = 1000.0 / r["tokens_per_second"]
         best = None
         for k in (2, 3, 4, 6, 8, 12, 16):
-            tps = bench.predicted_tps(k, a, s_ms, bench.curve_ms(vc, k))
+            _v, tps = bench.predict(vc, k, a, s_ms)
             row = {"sparsity": r["sparsity"], "density": r["density"], "draft_vocab": r["draft_vocab"], "period": k,
                    "cpu_accept_rate": a, "predicted_tokens_per_second": tps, "predicted_ratio_vs_dense": tps / dense}
             rows.append(row)

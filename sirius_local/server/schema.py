@@ -8,11 +8,13 @@ server does; OpenAI features it cannot honour are refused (UNSUPPORTED) rather t
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict
 
 from ..errors import InvalidParameterError
+from ..llm import GenerationOptions
 
 # Sampling when the request names none: llama.cpp's server defaults (OpenAI's own temperature default, 1.0 over
 # the full vocabulary, is not a useful default for a small local model).
@@ -62,9 +64,10 @@ class _Generation(BaseModel):
     max_period: Optional[int] = None
     draft_vocab: Optional[int] = None
 
-    # Keywords passed through to LLM.create_completion / create_chat_completion when the request sets them.
-    PASSED: ClassVar[tuple] = ("top_p", "stop", "seed", "top_k", "min_p", "ignore_eos", "mode", "sparsity", "density", "period", "acceptance",
-               "threshold", "accept_temperature", "width", "max_period", "draft_vocab")
+    # Keywords passed through to LLM.create_completion / create_chat_completion when the request sets them: every
+    # generation option but the two with server-side defaults (temperature, max_tokens; see generation_kwargs).
+    PASSED: ClassVar[tuple] = tuple(f.name for f in dataclasses.fields(GenerationOptions)
+                                    if f.name not in ("temperature", "max_tokens"))
 
     def _unsupported(self) -> list[str]:
         bad = []
