@@ -4,7 +4,6 @@
 #include "internal.h"
 
 #include <algorithm>
-#include <numeric>
 #include <string>
 
 namespace sirius {
@@ -28,43 +27,21 @@ bool accept_greedy(const sirius_correction_params & cp, int32_t n_vocab, DenseRo
     return *prob >= cp.threshold;
 }
 
-void warp(const float * l, int32_t n, const sirius_sampling & sp, std::vector<float> & probs, std::vector<int32_t> & idx) {
-    idx.resize(n);
-    std::iota(idx.begin(), idx.end(), 0);
-    auto by_logit = [l](int32_t a, int32_t b) { return l[a] > l[b] || (l[a] == l[b] && a < b); };
-    int32_t keep = n;
-    if (sp.top_k > 0 && sp.top_k < n) {
-        std::partial_sort(idx.begin(), idx.begin() + sp.top_k, idx.end(), by_logit);
-        keep = sp.top_k;
-    } else if (sp.top_p < 1.0f) {
-        std::sort(idx.begin(), idx.end(), by_logit);
-    } else {
-        std::swap(idx[0], idx[argmax(l, n)]);  // only the maximum needs to be first
-    }
-    const float mx = l[idx[0]];
-    if (sp.top_p < 1.0f) {
-        double z = 0.0;
-        for (int32_t i = 0; i < keep; ++i) z += std::exp((double) (l[idx[i]] - mx));
-        double cum = 0.0;
-        for (int32_t i = 0; i < keep; ++i) {
-            cum += std::exp((double) (l[idx[i]] - mx)) / z;
-            if (cum >= sp.top_p) {
-                keep = i + 1;
-                break;
-            }
-        }
-    }
+Warp::Warp(const sirius_sampling & sp) : chain_(make_filters(sp)) {}
+
+Warp::~Warp() { llama_sampler_free(chain_); }
+
+void Warp::operator()(const float * logits, int32_t n, std::vector<float> & probs) {
+    cur_.resize(n);
+    for (int32_t i = 0; i < n; ++i) cur_[i] = {i, logits[i], 0.0f};
+    llama_token_data_array arr{cur_.data(), (size_t) n, -1, false};
+    llama_sampler_apply(chain_, &arr);  // keeps the survivors in arr.data[0, arr.size), logits / temperature
     probs.assign(n, 0.0f);
-    const float floor_l = sp.min_p > 0.0f ? mx + std::log(sp.min_p) : -INFINITY;
+    float mx = -INFINITY;
+    for (size_t i = 0; i < arr.size; ++i) mx = std::max(mx, arr.data[i].logit);
     double z = 0.0;
-    for (int32_t i = 0; i < keep; ++i) {
-        const int32_t t = idx[i];
-        if (l[t] < floor_l) continue;
-        const double e = std::exp((double) (l[t] - mx) / sp.temperature);
-        probs[t] = (float) e;
-        z += e;
-    }
-    for (int32_t i = 0; i < keep; ++i) probs[idx[i]] = (float) (probs[idx[i]] / z);
+    for (size_t i = 0; i < arr.size; ++i) z += std::exp((double) (arr.data[i].logit - mx));
+    for (size_t i = 0; i < arr.size; ++i) probs[arr.data[i].id] = (float) (std::exp((double) (arr.data[i].logit - mx)) / z);
 }
 
 llama_token sample_from(const std::vector<float> & probs, std::mt19937_64 & rng) {

@@ -26,9 +26,21 @@ struct DenseRow {
 // greedy sampler). *prob gets d's probability under the rule (strict: 1 or 0).
 bool accept_greedy(const sirius_correction_params & cp, int32_t n_vocab, DenseRow & row, llama_token d, float * prob);
 
-// The sampling distribution of `sp` (top-k, top-p, min-p, then temperature: the order of the dense sampler
-// chain) as a dense probability vector. Speculative sampling needs it explicitly for both models.
-void warp(const float * l, int32_t n, const sirius_sampling & sp, std::vector<float> & probs, std::vector<int32_t> & idx);
+// The sampling distribution of the dense sampler chain as a dense probability vector: llama.cpp's own filters
+// (make_filters: top-k, top-p, min-p, temperature) on the row, then the softmax its final draw takes. Speculative
+// sampling needs it explicitly, for both models.
+class Warp {
+public:
+    explicit Warp(const sirius_sampling & sp);
+    ~Warp();
+    Warp(const Warp &) = delete;
+    Warp & operator=(const Warp &) = delete;
+    void operator()(const float * logits, int32_t n, std::vector<float> & probs);
+
+private:
+    llama_sampler * chain_ = nullptr;
+    std::vector<llama_token_data> cur_;
+};
 
 llama_token sample_from(const std::vector<float> & probs, std::mt19937_64 & rng);
 

@@ -62,8 +62,8 @@ struct Loop {
     const int32_t n_vocab;
     const bool sampled;  // acceptance = sample
     std::mt19937_64 rng;
+    Warp warp;                               // the dense sampler chain's distribution (sample)
     std::vector<float> pw;                   // a warped dense distribution (sample)
-    std::vector<int32_t> idx;
     std::vector<std::vector<float>> q;       // the drafts' warped sparse distributions (sample)
     std::vector<llama_token> batch;          // the period: pending, then the drafts
     std::vector<float> logits;               // the verify batch's rows
@@ -75,7 +75,8 @@ struct Loop {
     Loop(sirius_session * s_, const sirius_generate_params & p_, TextStream & text, sirius_token_callback cb, void * ud,
          sirius_generate_result & r)
         : s(s_), p(p_), cp(p_.sirius), res(r), st(r.sirius), out{s_, p_, text, cb, ud, r},
-          n_vocab(s_->model->n_vocab), sampled(p_.sirius.acceptance == SIRIUS_ACCEPT_SAMPLE), rng(p_.sampling.seed) {
+          n_vocab(s_->model->n_vocab), sampled(p_.sirius.acceptance == SIRIUS_ACCEPT_SAMPLE), rng(p_.sampling.seed),
+          warp(p_.sampling) {
         cost.width = cp.width;
         c = (int32_t) s->tokens.size();
     }
@@ -83,7 +84,7 @@ struct Loop {
     // The dense model's choice from a row: argmax, or a draw from the warped distribution.
     llama_token pick(const float * row) {
         if (!sampled) return argmax(row, n_vocab);
-        warp(row, n_vocab, p.sampling, pw, idx);
+        warp(row, n_vocab, pw);
         return sample_from(pw, rng);
     }
 
@@ -163,7 +164,7 @@ struct Loop {
             const float * row = logits_ith(s, -1);
             llama_token d;
             if (sampled) {
-                warp(row, n_vocab, p.sampling, q[i], idx);
+                warp(row, n_vocab, q[i]);
                 d = sample_from(q[i], rng);
             } else {
                 d = argmax(row, n_vocab);
@@ -199,7 +200,7 @@ struct Loop {
             const float * row = logits.data() + (size_t) (i - 1) * n_vocab;
             bool ok;
             if (sampled) {
-                warp(row, n_vocab, p.sampling, pw, idx);
+                warp(row, n_vocab, pw);
                 probs[i - 1] = pw[batch[i]];
                 const llama_token t = speculative_accept(pw, q[i], batch[i], rng, &ok);
                 if (!ok) correction = t;

@@ -251,18 +251,26 @@ int32_t check_sampling(const sirius_sampling & sp) {
     return SIRIUS_OK;
 }
 
-llama_sampler * make_sampler(const sirius_sampling & sp) {
+llama_sampler * make_filters(const sirius_sampling & sp) {
     llama_sampler_chain_params cp = llama_sampler_chain_default_params();
     cp.no_perf = true;
     llama_sampler * chain = llama_sampler_chain_init(cp);
-    if (sp.temperature <= 0.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
-        return chain;
-    }
     if (sp.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(sp.top_k));
     if (sp.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(sp.top_p, 1));
     if (sp.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(sp.min_p, 1));
     llama_sampler_chain_add(chain, llama_sampler_init_temp(sp.temperature));
+    return chain;
+}
+
+llama_sampler * make_sampler(const sirius_sampling & sp) {
+    if (sp.temperature <= 0.0f) {
+        llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+        cp.no_perf = true;
+        llama_sampler * chain = llama_sampler_chain_init(cp);
+        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+        return chain;
+    }
+    llama_sampler * chain = make_filters(sp);
     llama_sampler_chain_add(chain, llama_sampler_init_dist(sp.seed));
     return chain;
 }

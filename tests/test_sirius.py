@@ -160,6 +160,22 @@ def test_sampled_generation_end_to_end(llm):
     assert c["token_ids"] != a["token_ids"]
 
 
+def test_sample_acceptance_uses_the_dense_sampler_chain(llm):
+    # The distributions speculative sampling judges with come from llama.cpp's own filters (make_filters): with
+    # top_k=1 each keeps only its model's argmax, so a sampled run must be dense greedy token for token (a draft
+    # off the dense argmax has p = 0 and is replaced from the residual, which is the dense argmax).
+    greedy = run(llm, "chat", "Tell me a fact about cats.", None, max_tokens=40)[2]["token_ids"]
+    dense = run(llm, "chat", "Tell me a fact about cats.", None, temperature=0.8, top_k=1, max_tokens=40)[2]
+    _t, _f, st = run(llm, "chat", "Tell me a fact about cats.", None, mode="sirius", temperature=0.8, top_k=1, seed=5,
+                     period=4, density=DENSITY, max_tokens=40)
+    assert dense["token_ids"] == greedy and st["token_ids"] == greedy
+    assert st["acceptance"] == "sample" and 0 < st["accepted"] < st["drafted"]  # both outcomes ran
+    # The same distributions for both models (density 1, full head): every draft stands.
+    _t, _f, same = run(llm, "completion", "The quick brown fox", None, mode="sirius", temperature=0.8, seed=3, period=8,
+                       density=1.0, draft_vocab=0, max_tokens=33, ignore_eos=True)
+    assert same["accepted"] == same["drafted"] == 28
+
+
 def test_cancel_mid_period_leaves_session_consistent(llm):
     prompt = "A forest is a place where"
     ref = llm.create_completion(prompt, max_tokens=40)["stats"]["token_ids"]
