@@ -292,6 +292,17 @@ def test_disconnect_frees_the_slot_and_the_queue_is_bounded(server, client):
     port = server["port"]
     a = open_stream(port, LONG)
     b = open_stream(port, LONG)
+    b_events = []  # b's events as they arrive (a reader thread), to see how far b had got at any moment
+
+    def read_b():
+        try:
+            for line in iter(b[1].readline, b""):
+                if line.startswith(b"data: {"):
+                    b_events.append(line)
+        except (OSError, ValueError):  # closed at the end of the test
+            pass
+
+    reader = None
     try:
         assert health(port)["slots_processing"] == 2
         # Both slots busy: two requests may wait (--queue 2), the next is refused with Retry-After.
@@ -302,18 +313,23 @@ def test_disconnect_frees_the_slot_and_the_queue_is_bounded(server, client):
             got, headers, out = request(port, "POST", "/v1/completions", {"prompt": "Hello", "max_tokens": 4}, AUTH)
             assert got == 503 and out["error"]["code"] == "server_busy" and int(headers["retry-after"]) >= 1
             # A client that goes away mid-stream cancels its generation: its slot serves the waiting requests
-            # (900 tokens would otherwise hold it for many seconds).
+            # while b, started with a on the same 900-token request and decoding beside it, is far from done
+            # (had a run on, a slot would have come free only when a or b ended, 900 tokens each).
+            reader = cf.ThreadPoolExecutor(1)
+            reader.submit(read_b)
             a[0].close()
-            t0 = time.monotonic()
-            assert all(f.result(timeout=20)[0] == 200 for f in waiting)
-            freed_in = time.monotonic() - t0
-        assert freed_in < 10, f"the disconnected stream's slot took {freed_in:.1f} s to serve the queue"
+            assert all(f.result(timeout=60)[0] == 200 for f in waiting)
+            b_at_served = len(b_events)
+        assert b_at_served < 450, f"the queue was served only after b had streamed {b_at_served} of 900 tokens"
         # The other stream runs on.
-        lines = [b[1].readline() for _ in range(4)]
-        assert any(x.startswith(b"data: {") for x in lines), lines
+        assert wait_for(lambda: len(b_events) > b_at_served, 10)
         assert health(port)["slots_processing"] == 1
     finally:
+        if b[0].sock:  # wakes the reader (a blocked recv; its socket's timeout bounds it otherwise)
+            b[0].sock.shutdown(socket.SHUT_RDWR)
         b[0].close()
+        if reader:
+            reader.shutdown(wait=True)
     assert wait_for(lambda: health(port)["slots_idle"] == 2, 10)
     r = client.chat.completions.create(model=model_id(client), messages=[{"role": "user", "content": "hi"}],
                                        max_tokens=4, temperature=0)
@@ -349,9 +365,8 @@ def test_load_four_clients(server, client):
     # arenas) and the slots' shared-thread pools, which then stay.
     warm = concurrently(3)
     rss0 = rss_kib(server["proc"].pid)
-    t0 = time.monotonic()
     results = concurrently(25)
-    assert time.monotonic() - t0 < 600 and len(results) == 100
+    assert len(results) == 100
     results += warm
     bad = [(k, t, expected[k]) for k, t in results if t != expected[k]]
     assert not bad, bad[:3]
