@@ -1,6 +1,7 @@
 """`sirius-local eval`: answer extraction, the HumanEval sandbox, resume, and an end-to-end run on SmolLM2."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -209,3 +210,15 @@ def test_missing_task_data_names_the_fetch_command(tmp_path, monkeypatch):
     with pytest.raises(tasks.EvalDataError, match=r"`sirius-local eval --fetch-only`"):
         tasks.get("strategyqa").load(1, 0)
     assert not (tmp_path / "bigbench").exists()
+
+
+def test_fetch_only_puts_task_data_in_place_and_names_what_is_missing(tmp_path):
+    env = {**os.environ, "SIRIUS_CACHE_DIR": str(tmp_path)}  # an empty cache; SIRIUS_OFFLINE is set (conftest)
+    r = subprocess.run([sys.executable, "-m", "sirius_local.cli", "eval", "--fetch-only"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 1  # BIG-bench's files cannot be fetched offline; the packaged tasks are in place
+    assert "gsm: data in place" in r.stdout and "humaneval: data in place" in r.stdout
+    assert "strategyqa:" in r.stderr and "date:" in r.stderr and str(tmp_path / "bigbench") in r.stderr
+    r = subprocess.run([sys.executable, "-m", "sirius_local.cli", "eval", "--task", "gsm"], capture_output=True,
+                       text=True, env=env, timeout=300)
+    assert r.returncode == 1 and "--out" in r.stderr
