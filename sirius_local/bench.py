@@ -291,6 +291,8 @@ def format_table(res: dict) -> str:
 
 
 def add_parser(sub) -> None:
+    from .llm import GenerationOptions
+
     p = sub.add_parser("bench", help="decode speed of dense vs sparse, side by side in one run")
     p.add_argument("model", nargs="?", default=None, help="GGUF path or model name (default: the default model)")
     p.add_argument("--modes", default="dense,sparse", help="comma list of dense,sparse,sirius")
@@ -303,7 +305,7 @@ def add_parser(sub) -> None:
     p.add_argument("--period", default="16", help="sirius: comma list of K values (or 'auto')")
     p.add_argument("--acceptance", default="relaxed", choices=["relaxed", "strict"], help="sirius acceptance rule")
     p.add_argument("--width", default="1", help="sirius: comma list of tree widths (draft beams per period, 1-8)")
-    p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed threshold")
+    p.add_argument("--threshold", type=float, default=GenerationOptions.threshold, help="sirius relaxed threshold")
     p.add_argument("--draft-vocab", default="default", help="sparse and sirius: comma list of draft_vocab values "
                    "(0 = full head; 'default' = the engine's default)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1 = all)")

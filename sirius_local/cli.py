@@ -25,34 +25,36 @@ def _model_args(p: argparse.ArgumentParser, optional: bool) -> None:
 
 
 def _sampling_args(p: argparse.ArgumentParser, max_tokens: int) -> None:
-    from .llm import ACCEPTANCES, MODES, SPARSITIES
+    from .llm import ACCEPTANCES, MODES, SPARSITIES, GenerationOptions
 
+    o = GenerationOptions()  # the API's defaults, declared once
     p.add_argument("--max-tokens", type=_max_tokens, default=max_tokens,
                    help=f"tokens to generate, 1 to 2^31-1, or 0 = to the end of the context (default {max_tokens})")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=o.temperature, help=f"0 = greedy (default {o.temperature})")
+    p.add_argument("--top-k", type=int, default=o.top_k)
+    p.add_argument("--top-p", type=float, default=o.top_p)
+    p.add_argument("--min-p", type=float, default=o.min_p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--mode", default="dense", choices=MODES,
+    p.add_argument("--mode", default=o.mode, choices=MODES,
                    help="dense: the full model; sparse: the sparse model alone (no correction); sirius: sparse "
                         "drafts corrected by the full model every period")
-    p.add_argument("--sparsity", default="griffin", choices=SPARSITIES,
+    p.add_argument("--sparsity", default=o.sparsity, choices=SPARSITIES,
                    help="how the sparse model picks neurons: griffin (per prompt), topk (per token) or threshold "
                         "(per token, calibrated: run `calibrate` first)")
-    p.add_argument("--density", type=float, default=0.5, help="fraction of FFN neurons kept by the sparse model")
-    p.add_argument("--period", default="auto", type=_period,
+    p.add_argument("--density", type=float, default=o.density, help="fraction of FFN neurons kept by the sparse model")
+    p.add_argument("--period", default=o.period, type=_period,
                    help="sirius: tokens per verification K (drafts K-1), or 'auto' (default) to choose K from this "
                         "machine's measured costs, decoding densely where drafting does not pay")
-    p.add_argument("--threshold", type=float, default=0.1, help="sirius relaxed: keep a draft if its dense "
-                   "probability at the acceptance temperature is at least this (default 0.1)")
-    p.add_argument("--acceptance", default=None, choices=ACCEPTANCES,
+    p.add_argument("--threshold", type=float, default=o.threshold, help="sirius relaxed: keep a draft if its dense "
+                   f"probability at the acceptance temperature is at least this (default {o.threshold})")
+    p.add_argument("--acceptance", default=o.acceptance, choices=ACCEPTANCES,
                    help="sirius: relaxed (default when greedy), strict (identical to dense greedy), sample "
                         "(default when --temperature > 0)")
-    p.add_argument("--accept-temperature", type=float, default=0.6, help="sirius relaxed: softmax temperature (0.6)")
-    p.add_argument("--width", type=int, default=1, help="sirius: draft beams verified together as one tree "
+    p.add_argument("--accept-temperature", type=float, default=o.accept_temperature,
+                   help=f"sirius relaxed: softmax temperature (default {o.accept_temperature})")
+    p.add_argument("--width", type=int, default=o.width, help="sirius: draft beams verified together as one tree "
                    "(1-8, greedy only; pays where a wider batch is nearly free, e.g. a GPU)")
-    p.add_argument("--draft-vocab", type=int, default=None, help="sparse/sirius: tokens the drafts' trimmed output "
+    p.add_argument("--draft-vocab", type=int, default=o.draft_vocab, help="sparse/sirius: tokens the drafts' trimmed output "
                    "head keeps beyond the prompt's (0 = full head; default: the engine's)")
 
 
@@ -284,17 +286,19 @@ def build_parser() -> argparse.ArgumentParser:
                        "understanding or HumanEval (needs the eval extra)")
     _model_args(p, optional=True)
     from .evaluation.tasks import TASKS
-    from .llm import MODES, SPARSITIES
+    from .llm import MODES, SPARSITIES, GenerationOptions
+
+    o = GenerationOptions()
 
     p.add_argument("--task", choices=list(TASKS), help="required unless --fetch-only")
     p.add_argument("--fetch-only", action="store_true", help="download the task's data into the cache (every "
                    "task's without --task) and exit: the only step of an eval that needs the network")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {','.join(MODES)}")
-    p.add_argument("--sparsity", default="griffin", choices=SPARSITIES)
-    p.add_argument("--density", type=float, default=0.5)
-    p.add_argument("--period", default="auto", type=_period)
-    p.add_argument("--threshold", type=float, default=0.1)
-    p.add_argument("--width", type=int, default=1)
+    p.add_argument("--sparsity", default=o.sparsity, choices=SPARSITIES)
+    p.add_argument("--density", type=float, default=o.density)
+    p.add_argument("--period", default=o.period, type=_period)
+    p.add_argument("--threshold", type=float, default=o.threshold)
+    p.add_argument("--width", type=int, default=o.width)
     p.add_argument("--draft-vocab", type=int, default=None, help="sparse/sirius: the drafts' trimmed head (0 = full; "
                    "default: the engine's)")
     p.add_argument("--limit", type=int, default=None, help="first N problems (gsm: N generated; default 200 for gsm, all otherwise)")
