@@ -113,8 +113,11 @@ bool            threads_init(sirius_session * s, int32_t n_threads, int32_t n_th
 void            threads_free(sirius_session * s);
 void            truncate_to(sirius_session * s, int32_t n_keep);
 int32_t         check_sampling(const sirius_sampling & sp);
+// Whether a generation in this mode needs the sparse FFN (sparse alone, or drafting for the correction loop).
+inline bool     uses_sparse_ffn(int32_t mode) { return mode == SIRIUS_MODE_SPARSE || mode == SIRIUS_MODE_SIRIUS; }
 // The dense sampler chain (greedy at temperature 0; else make_filters, then a seeded draw), and its filters alone:
-// top-k, top-p, min-p, then temperature. Speculative sampling takes its distributions from the filters (warp).
+// top-k, top-p, min-p, then temperature. Speculative sampling takes its distributions from the filters (Warp,
+// accept.h).
 llama_sampler * make_sampler(const sirius_sampling & sp);
 llama_sampler * make_filters(const sirius_sampling & sp);
 double          ms_since(std::chrono::steady_clock::time_point t0);

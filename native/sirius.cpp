@@ -251,10 +251,14 @@ int32_t check_sampling(const sirius_sampling & sp) {
     return SIRIUS_OK;
 }
 
-llama_sampler * make_filters(const sirius_sampling & sp) {
+llama_sampler * new_chain() {
     llama_sampler_chain_params cp = llama_sampler_chain_default_params();
     cp.no_perf = true;
-    llama_sampler * chain = llama_sampler_chain_init(cp);
+    return llama_sampler_chain_init(cp);
+}
+
+llama_sampler * make_filters(const sirius_sampling & sp) {
+    llama_sampler * chain = new_chain();
     if (sp.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(sp.top_k));
     if (sp.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(sp.top_p, 1));
     if (sp.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(sp.min_p, 1));
@@ -264,9 +268,7 @@ llama_sampler * make_filters(const sirius_sampling & sp) {
 
 llama_sampler * make_sampler(const sirius_sampling & sp) {
     if (sp.temperature <= 0.0f) {
-        llama_sampler_chain_params cp = llama_sampler_chain_default_params();
-        cp.no_perf = true;
-        llama_sampler * chain = llama_sampler_chain_init(cp);
+        llama_sampler * chain = new_chain();
         llama_sampler_chain_add(chain, llama_sampler_init_greedy());
         return chain;
     }
@@ -342,8 +344,7 @@ int32_t check_generate(sirius_session * s, const int32_t * prompt, int32_t n_pro
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "max_tokens must be >= 1, got " + std::to_string(params->max_tokens));
     }
     if (int32_t rc = check_sampling(params->sampling)) return rc;
-    const bool corrected = params->mode == SIRIUS_MODE_SIRIUS;
-    const bool sparse = params->mode == SIRIUS_MODE_SPARSE || corrected;
+    const bool sparse = sirius::uses_sparse_ffn(params->mode);
     if (params->mode != SIRIUS_MODE_DENSE && !sparse) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "unknown mode " + std::to_string(params->mode) + " (0 = dense, 1 = sparse, 2 = sirius)");
     }
@@ -357,7 +358,7 @@ int32_t check_generate(sirius_session * s, const int32_t * prompt, int32_t n_pro
     if (sparse && params->draft_vocab < 0) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "draft_vocab must be >= 0 (0 = the full head), got " + std::to_string(params->draft_vocab));
     }
-    if (corrected) {
+    if (params->mode == SIRIUS_MODE_SIRIUS) {
         if (int32_t rc = sirius::check_correction_params(*params)) return rc;
     }
     if (params->n_stop < 0 || (params->n_stop > 0 && !params->stop)) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "bad stop list");
@@ -726,7 +727,7 @@ int32_t sirius_generate(sirius_session * s, const int32_t * prompt, int32_t n_pr
     std::vector<std::string> stops;
     if (int32_t rc = check_generate(s, prompt, n_prompt, params, stops)) return rc;
     const bool corrected = params->mode == SIRIUS_MODE_SIRIUS;
-    const bool sparse = params->mode == SIRIUS_MODE_SPARSE || corrected;  // both need the sparse FFN
+    const bool sparse = sirius::uses_sparse_ffn(params->mode);
     sirius_generate_result res{};
     res.n_prompt = n_prompt;
     if (int32_t rc = prefill(s, prompt, n_prompt, sparse && params->sparsity == SIRIUS_SPARSITY_GRIFFIN, res)) return rc;

@@ -177,10 +177,13 @@ def measure(llm, configs: list[Config], prompts: list[str], *, tokens, repeats, 
     return stats
 
 
-def summarise(c: Config, sts: list[dict], dense_tps, sparse_tps, vc, acceptance, threshold) -> dict:
+def summarise(c: Config, sts: list[dict], medians: dict, vc, acceptance, threshold) -> dict:
     """One configuration's row: medians of its repeats, its ratio to dense and, for Sirius, the pooled loop
-    figures and the cost model's prediction (sparse_tps: the sparse-only row at its density, if measured)."""
-    st, tps = sts[-1], statistics.median(x["tokens_per_second"] for x in sts)
+    figures and the cost model's prediction (medians: every configuration's median tokens/s, for dense's and
+    the sparse-only row's at the same density)."""
+    st, tps = sts[-1], medians[c]
+    dense_tps = medians.get(Config("dense"))
+    sparse_tps = medians.get(Config("sparse", c.sparsity, c.density, draft_vocab=c.draft_vocab))
     # threshold keeps a varying share of neurons: the one its decodes measured (the calibrated one when none ran
     # sparse, as `auto` may decide)
     measured = [x["density_measured"] for x in sts if x.get("density_measured")]
@@ -244,11 +247,8 @@ def run(model, *, modes, sparsities, densities, threads, tokens, repeats, prompt
         stats = measure(llm, configs, prompts, tokens=tokens, repeats=repeats, acceptance=acceptance,
                         threshold=threshold, log=log)
         vc = verify_curve(llm, prompts[0], weight_bytes_per_step=step_bytes) if curve or "sirius" in modes else None
-        tps = {c: statistics.median(x["tokens_per_second"] for x in sts) for c, sts in stats.items()}
-        dense_tps = tps.get(Config("dense"))
-        runs = [summarise(c, stats[c], dense_tps, tps.get(Config("sparse", c.sparsity, c.density, draft_vocab=c.draft_vocab)),
-                          vc, acceptance, threshold)
-                for c in configs if c.mode in modes]
+        medians = {c: statistics.median(x["tokens_per_second"] for x in sts) for c, sts in stats.items()}
+        runs = [summarise(c, stats[c], medians, vc, acceptance, threshold) for c in configs if c.mode in modes]
         out = {"machine": machine_info(llm), "model": llm.model_path, "architecture": llm.architecture,
                "prompt_tokens": stats[configs[0]][0]["prompt_tokens"], "prompts": prompts, "decode_tokens": tokens,
                "repeats": repeats, "mlock": mlock, "n_gpu_layers": n_gpu_layers, "weight_bytes_per_step": step_bytes, "runs": runs,

@@ -36,6 +36,8 @@ MODES, SPARSITIES, ACCEPTANCES = tuple(MODE), tuple(SPARSITY), tuple(ACCEPTANCE)
 #: Tokens the drafts' trimmed output head keeps beyond the prompt's own and the end-of-generation tokens, chosen
 #: by measurement (benchmarks/NOTES.md, "The draft head on code and chat"); 0 = the full head.
 DRAFT_VOCAB = 8192
+
+
 @dataclasses.dataclass(frozen=True)
 class GenerationOptions:
     """The generation options of create_completion and create_chat_completion, declared once (defaults here;
@@ -77,7 +79,7 @@ def _with_options(fn):
     return fn
 
 
-_FINISH = {v: k for k, v in enum_names("sirius_finish_reason", "SIRIUS_FINISH_").items()}
+FINISH = enum_names("sirius_finish_reason", "SIRIUS_FINISH_")
 
 
 def default_threads() -> int:
@@ -688,7 +690,7 @@ class LLM:
         n_new_prompt = res.n_prompt - res.n_prompt_cached
         stats = {
             "mode": mode_name,
-            "finish_reason": _FINISH[res.finish_reason],
+            "finish_reason": _name(FINISH, res.finish_reason),
             "token_ids": state["ids"],
             "prompt_tokens": res.n_prompt,
             "prompt_tokens_cached": res.n_prompt_cached,
@@ -922,6 +924,7 @@ def _correction_stats(cp, st, stats: dict) -> dict:
 
 
 def _name(enum: dict[str, int], value: int) -> str:
+    """A C enum value's name (enum: one of the enum_names maps above)."""
     return next(k for k, v in enum.items() if v == value)
 
 

@@ -3,6 +3,7 @@ KV cache check, and the sparse FFN's choices as masks for the NumPy reference.""
 
 import numpy as np
 
+import suite_model
 from sirius_local import _testing
 
 # Density 0.8 on SmolLM2-135M: drafts are often right and often wrong (strict AAL about 2-4 of 16), so both
@@ -85,15 +86,10 @@ def prefill_collect(llm, toks):
     llm.griffin_collect(False)
 
 
-def ffn_shape(llm) -> tuple[int, int]:
-    """(layers, FFN neurons per layer) of the model, from its GGUF metadata."""
-    return llm.n_layer(), int(llm._meta(f"{llm.architecture}.feed_forward_length"))
-
-
 def keep_masks(llm) -> dict[int, np.ndarray]:
     """Per layer, the FFN neurons the compact FFN keeps, as a boolean mask for LlamaReference(ffn_keep=...)."""
     keep = {}
-    n_layer, n_ff = ffn_shape(llm)
+    n_layer, n_ff, _ = suite_model.shape(llm.model_path)
     for il in range(n_layer):
         groups, G = _testing.sparse_groups(llm, il)
         mask = np.zeros(n_ff, dtype=bool)

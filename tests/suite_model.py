@@ -1,6 +1,8 @@
 """The model the suite runs on (SmolLM2-135M unless SIRIUS_TEST_MODEL names another) and its shapes, read from
 the GGUF, so that tests take layer counts and FFN sizes from the model instead of writing SmolLM2's down."""
 
+from __future__ import annotations
+
 import os
 from functools import lru_cache
 
@@ -17,9 +19,10 @@ def path() -> str:
 
 
 @lru_cache(maxsize=None)
-def shape() -> tuple[int, int, int]:
-    """(layers, FFN neurons per layer, neurons per quant block of ffn_down: the group of the group paths)."""
-    r = GGUFReader(path())
+def shape(gguf: str | None = None) -> tuple[int, int, int]:
+    """(layers, FFN neurons per layer, neurons per quant block of ffn_down: the group of the group paths) of a GGUF
+    file, by default the suite's model."""
+    r = GGUFReader(gguf or path())
     arch = bytes(r.fields["general.architecture"].parts[-1]).decode()
     n_layer = int(r.fields[f"{arch}.block_count"].parts[-1][0])
     n_ff = int(r.fields[f"{arch}.feed_forward_length"].parts[-1][0])

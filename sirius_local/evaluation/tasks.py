@@ -162,7 +162,7 @@ class GSM(Task):
 
 
 BIGBENCH_SDIST = "bigbench==1.0.0"  # 358 MB; PyPI has since dropped this release (only 0.0.1, without the tasks, is left)
-BIGBENCH_FILES = {"strategyqa": "strategyqa", "date_understanding": "date_understanding"}
+BIGBENCH_TASKS = ("strategyqa", "date_understanding")  # the task.json files taken from the sdist
 
 
 def bigbench_path(name: str) -> Path:
@@ -197,7 +197,7 @@ def _extract_bigbench(name: str) -> None:
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or [""]
             raise EvalDataError(f"the {name} task comes from the {BIGBENCH_SDIST} sdist, which pip could not "
                                 f"download from the package index ({tail[0][-200:]}); {manual}")
-        wanted = {f"benchmark_tasks/{t}/task.json": t for t in BIGBENCH_FILES}
+        wanted = {f"benchmark_tasks/{t}/task.json": t for t in BIGBENCH_TASKS}
         with tarfile.open(sdists[0], "r:gz") as tf:
             for m in tf:
                 hit = next((w for w in wanted if m.name.endswith("bigbench/" + w)), None)
