@@ -88,14 +88,16 @@ struct Loop {
         return sample_from(pw, rng);
     }
 
-    // The session's dense cost curve, measured once (a few dense batches, then removed): v(1) for the speed-up
-    // estimate in stats, the whole curve for the auto period. kmax: 1 where there is no room to measure.
+    // The session's dense cost curve, measured on its first call (a few dense batches, then removed): v(1) for the
+    // speed-up estimate in stats, the whole curve for the auto period, whose level the loop's own dense batches
+    // then keep current (CostModel::timed_dense; finish stores it back). kmax: 1 where there is no room to measure.
     int32_t measure_costs(int32_t & kmax) {
         const bool auto_k = cp.period == 0;
         kmax = auto_k ? cp.max_period : cp.period;
         const int32_t room = (int32_t) s->n_ctx - (int32_t) s->tokens.size();
         const auto t0 = std::chrono::steady_clock::now();
-        if (room > 1 && (s->verify_ms.size() < 2 || s->verify_ms[1] <= 0)) {
+        const bool need_one = room > 1 && (s->verify_ms.size() < 2 || s->verify_ms[1] <= 0);
+        if (need_one) {
             double ms1 = 0.0;
             const int32_t one = 1;
             if (int32_t rc = sirius_measure_verify(s, &one, 1, 3, &ms1)) return rc;
@@ -111,7 +113,7 @@ struct Loop {
             std::vector<double> ms(ks.size());
             if (int32_t rc = sirius_measure_verify(s, ks.data(), (int32_t) ks.size(), 1, ms.data())) return rc;
         }
-        st.t_calibrate_ms = ms_since(t0);
+        st.t_calibrate_ms = need_one || !ks.empty() ? ms_since(t0) : 0.0;
         st.dense_step_ms = s->verify_ms.size() > 1 ? s->verify_ms[1] : 0.0;
         if (!auto_k) return SIRIUS_OK;
         if (st.dense_step_ms <= 0) {
@@ -140,11 +142,17 @@ struct Loop {
         return k;
     }
 
+    // A dense batch of n tokens took ms: the auto period's cost model follows it.
+    void timed_dense(int32_t n, double ms) {
+        if (!cost.v.empty()) cost.timed_dense(n, ms);
+    }
+
     // One dense step: pending goes into the cache, the dense model picks the next token.
     int32_t dense_step(bool & go) {
         const auto t0 = std::chrono::steady_clock::now();
         set_ffn_mode(s, SIRIUS_MODE_DENSE);
         if (int32_t rc = decode(s, &pending, 1, false, nullptr)) return rc;
+        timed_dense(1, ms_since(t0));
         pending = pick(logits_ith(s, -1));
         st.dense_steps++;
         st.t_dense_ms += ms_since(t0);
@@ -169,8 +177,7 @@ struct Loop {
             } else {
                 d = argmax(row, n_vocab);
             }
-            cost.s_sum += ms_since(ts);
-            cost.s_n++;
+            cost.timed_sparse(ms_since(ts));
             batch.push_back(d);
             // A drafted end of generation ends the draft: nothing after it could be kept.
             if (!p.ignore_eos && llama_vocab_is_eog(s->model->vocab, d)) break;
@@ -186,7 +193,10 @@ struct Loop {
         set_ffn_mode(s, SIRIUS_MODE_DENSE);
         logits.resize(batch.size() * (size_t) n_vocab);
         st.tree_nodes += (int32_t) batch.size();
-        return decode(s, batch.data(), (int32_t) batch.size(), true, logits.data());
+        const auto t0 = std::chrono::steady_clock::now();
+        const int32_t rc = decode(s, batch.data(), (int32_t) batch.size(), true, logits.data());
+        if (rc == SIRIUS_OK) timed_dense((int32_t) batch.size(), ms_since(t0));
+        return rc;
     }
 
     // Accept: the leading drafts that pass the rule (row i-1 holds the dense prediction for draft i); returns how
@@ -223,8 +233,7 @@ struct Loop {
         probs = std::move(t.probs);
         j = t.accepted;
         correction = t.correction;
-        cost.s_sum += t.sparse_ms;
-        cost.s_n += t.sparse_steps;
+        for (int32_t i = 0; i < t.sparse_steps; ++i) cost.timed_sparse(t.sparse_ms / t.sparse_steps);
         st.draft_steps += t.sparse_steps;
         st.tree_nodes += t.nodes + t.rewritten;
         st.t_draft_ms += t.draft_ms;
@@ -262,6 +271,11 @@ struct Loop {
         }
         set_ffn_mode(s, SIRIUS_MODE_DENSE);
         st.sparse_step_ms = cost.s_n > 0 ? cost.s_sum / cost.s_n : 0.0;
+        // The curve's level as this call found it, for the session's next call and the stats.
+        if (!cost.v.empty()) {
+            for (double & ms : s->verify_ms) ms *= cost.scale;
+            st.dense_step_ms = cost.dense_ms(1);
+        }
     }
 };
 
@@ -391,4 +405,14 @@ extern "C" int32_t sirius_measure_verify(sirius_session * s, const int32_t * ks,
     }
     if (was_sparse) set_ffn_mode(s, SIRIUS_MODE_SPARSE);
     return rc;
+}
+
+extern "C" int32_t sirius_test_scale_cost_curve(sirius_session * s, double factor) {
+    using namespace sirius;
+    if (!s) return fail(SIRIUS_ERR_INVALID_ARGUMENT, "scale_cost_curve needs a session");
+    if (!(factor > 0.0) || !std::isfinite(factor)) {
+        return fail(SIRIUS_ERR_INVALID_ARGUMENT, "scale_cost_curve: factor must be > 0 and finite, got " + std::to_string(factor));
+    }
+    for (double & ms : s->verify_ms) ms *= factor;
+    return SIRIUS_OK;
 }

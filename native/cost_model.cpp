@@ -16,11 +16,23 @@ double CostModel::advance(double a, int32_t k) {
 
 int32_t CostModel::choose(int32_t kmax, double a, double margin) const {
     int32_t best = 1;
-    double best_rate = margin / v[1];
+    double best_rate = margin / dense_ms(1);
     for (int32_t k = 2; k <= kmax && nodes(k) < (int32_t) v.size(); ++k) {
         if (rate(k, a) > best_rate) best_rate = rate(k, a), best = k;
     }
     return best;
+}
+
+void CostModel::timed_dense(int32_t n, double ms) {
+    if (n < 1 || n >= (int32_t) v.size() || !(v[n] > 0.0) || !(ms > 0.0)) return;
+    const double r = std::min(ms / v[n], scale * 4.0);
+    scale += (r - scale) * kRefresh;
+}
+
+void CostModel::timed_sparse(double ms) {
+    s_sum += ms;
+    s_n++;
+    s_ema += (ms - s_ema) * std::max(1.0 / s_n, kRefresh);  // the plain mean until 1/n falls below kRefresh
 }
 
 void interpolate_curve(const std::vector<double> & measured, int32_t n, std::vector<double> & v) {

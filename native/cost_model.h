@@ -12,25 +12,38 @@ namespace sirius {
 //   of v(K) ms (v(1) = a dense decode step). With each draft accepted with probability a, independently, it
 //   advances E(K) = 1 + a + a^2 + ... + a^(K-1) tokens. A tree of width W drafts with 1 + (K-2)·W sparse steps
 //   and verifies (K-1)·W + 1 tokens; a is then the acceptance rate along the winning beams.
+//
+// Costs follow the machine: the curve's shape is measured once per session, its level (scale) and the sparse step
+// follow the loop's own timed dense batches and drafts (exponential moving averages, weight kRefresh), so a
+// session whose curve was measured while something else held the CPUs prices K right once that load is gone.
 struct CostModel {
+    static constexpr double kRefresh = 0.1;  // weight of the newest timing in the moving averages
     std::vector<double> v;  // v[n] ms, n = 1..nodes(kmax), from the measured curve (interpolate_curve)
     int32_t width = 1;
-    double  s_sum = 0.0;    // sparse steps timed so far
+    double  scale = 1.0;    // now vs when the curve was measured: realized dense batch ms over v[n] (moving average)
+    double  s_ema = 0.0;    // a sparse step's ms (moving average of the timed ones)
+    double  s_sum = 0.0;    // sparse steps timed so far (their plain mean is reported in stats)
     int32_t s_n = 0;
-    double  s_prior = 0.0;  // a sparse step's cost before any is timed
+    double  s_prior = 0.0;  // a sparse step's cost before any is timed, at the curve's level (scaled with it)
     double  acc = 9.0, rej = 1.0;  // accepted drafts and rejections, with a prior of 9 : 1
 
-    double sparse_ms() const { return s_n > 0 ? s_sum / s_n : s_prior; }
+    double dense_ms(int32_t n) const { return v[n] * scale; }
+    double sparse_ms() const { return s_n > 0 ? s_ema : s_prior * scale; }
     double accept_rate() const { return acc / (acc + rej); }
     static double advance(double a, int32_t k);
     int32_t nodes(int32_t k) const { return (k - 1) * width + 1; }
     int32_t steps(int32_t k) const { return width == 1 ? k - 1 : 1 + (k - 2) * width; }
     // Tokens per ms of periods of K at acceptance a.
-    double rate(int32_t k, double a) const { return advance(a, k) / (steps(k) * sparse_ms() + v[nodes(k)]); }
+    double rate(int32_t k, double a) const { return advance(a, k) / (steps(k) * sparse_ms() + dense_ms(nodes(k))); }
     // Best K in [2, kmax] if its rate beats dense decoding's by the factor `margin`, else 1 (decode densely).
     int32_t choose(int32_t kmax, double a, double margin) const;
     // After a verification that kept j of k - 1 drafts.
     void judged(int32_t k, int32_t j) { acc += j; rej += j < k - 1 ? 1 : 0; }
+    // A dense batch of n tokens took ms. One timing counts as at most 4x the level before weighting, so a single
+    // preempted step cannot swing it (nothing runs faster than the machine can: no floor is needed).
+    void timed_dense(int32_t n, double ms);
+    // A sparse step took ms.
+    void timed_sparse(double ms);
 };
 
 // Fills v[1..n] from a measured curve (measured[k] ms for a k-token batch, 0 where not measured): linear between

@@ -143,7 +143,8 @@ typedef struct {
     double  t_verify_ms;     /* dense verify batches, acceptance included */
     double  t_dense_ms;      /* single dense steps */
     double  sparse_step_ms;  /* measured mean cost of one sparse step */
-    double  dense_step_ms;   /* measured cost of one dense decode step on this session (0: no room to measure) */
+    double  dense_step_ms;   /* measured cost of one dense decode step on this session (0: no room to measure);
+                                auto: as the call's own dense batches left it */
     double  t_calibrate_ms;  /* measuring the session's dense cost curve (first call only) */
     int32_t draft_steps;     /* sparse single-token decodes (= drafted at width 1; 1 + (K-2)·W per tree period) */
     int32_t tree_nodes;      /* tokens the dense model evaluated to verify (= drafted + periods at width 1; a tree
@@ -302,7 +303,8 @@ SIRIUS_API int32_t sirius_threshold_kept(const sirius_session * session, int64_t
 /* Cost of dense batches on this session (the verify cost curve): for each ks[i] in [1, 512], the median over
  * `repeats` runs of the wall time (ms) of one batch of ks[i] tokens with logits at every position, evaluated
  * after the tokens the session holds and then removed again (the session is unchanged). The last measured
- * curve also feeds the correction loop's auto period. */
+ * curve also feeds the correction loop's auto period; its calls keep the curve's level current from their own
+ * timed dense batches (a curve measured while the machine was busy does not misprice the session's life). */
 SIRIUS_API int32_t sirius_measure_verify(sirius_session * session, const int32_t * ks, int32_t n, int32_t repeats,
                                          double * ms_out);
 
@@ -336,6 +338,10 @@ SIRIUS_API int32_t sirius_test_topk_record(sirius_session * session, int32_t rec
 SIRIUS_API int32_t sirius_test_topk_kept(const sirius_session * session, int32_t il, int32_t * out, int32_t n_max);
 /* The trimmed draft head's tokens (ascending, up to n_max); returns the subset's size (0: full head). */
 SIRIUS_API int32_t sirius_test_draft_head_tokens(const sirius_session * session, int32_t * tokens, int32_t n_max);
+
+/* Multiplies the session's measured dense cost curve by factor (> 0, finite): the curve as a busier (factor > 1)
+ * or idler machine would have measured it. */
+SIRIUS_API int32_t sirius_test_scale_cost_curve(sirius_session * session, double factor);
 
 /* The sample acceptance rule on given distributions: n_trials times, draw a draft from q, accept or resample it
  * against p; out_tokens gets the resulting tokens (distributed as p), *n_kept how many drafts stood. */

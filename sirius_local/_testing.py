@@ -74,3 +74,10 @@ def draft_head_tokens(llm) -> list[int]:
         out = ffi.new("int32_t[]", max(n, 1))
         lib.sirius_test_draft_head_tokens(ss, out, n)
     return list(out[0:n])
+
+
+def scale_cost_curve(llm, factor: float) -> None:
+    """Multiply the session's measured dense cost curve by factor: the curve a busier (> 1) or idler machine would
+    have measured."""
+    with llm._use() as ss:
+        check(lib.sirius_test_scale_cost_curve(ss, float(factor)))

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from sirius_local import LLM, InvalidParameterError
+from sirius_local import LLM, InvalidParameterError, _testing
 from sirius_local._native import ffi, lib
 from sirius_local.llm import GenerationOptions
 from generation import CASES, CHAT, COMPLETION, DENSITY, LONG_TEXT, dense_kv_error, reconstruct, run
@@ -229,6 +229,25 @@ def test_auto_period_drafts_only_where_it_pays(llm):
             # The measured costs said drafting does not pay at the prior acceptance but might at a better one:
             # the loop decodes densely and probes after 32 dense steps, so this call ended before a probe.
             assert st["dense_steps"] < 32
+
+
+def test_auto_period_follows_the_machine(llm):
+    # A session measures its dense cost curve once; the loop's own timed dense batches keep its level current, and
+    # the next call starts from what the last one left. A curve 4x too high (measured while something else held
+    # the CPUs) comes back toward this machine's costs within one call, and strict output stays dense greedy.
+    prompt = "Write a Python function that returns the n-th Fibonacci number, with a docstring and two tests."
+    kw = dict(max_tokens=64, mode="sirius", period="auto", acceptance="strict", density=DENSITY)
+    first = llm.create_completion(prompt, **kw)["stats"]
+    _testing.scale_cost_curve(llm, 4.0)
+    busy = 4.0 * first["dense_step_ms"]
+    out = llm.create_completion(prompt, **kw)
+    st = out["stats"]
+    assert st["calibrate_seconds"] == 0  # the session's curve, not a new measurement
+    assert st["dense_steps"] + st["periods"] >= 10
+    assert st["dense_step_ms"] < 0.5 * busy, (first["dense_step_ms"], st["dense_step_ms"])
+    assert st["token_ids"] == llm.create_completion(prompt, max_tokens=64)["stats"]["token_ids"]
+    with pytest.raises(InvalidParameterError, match="factor"):
+        _testing.scale_cost_curve(llm, 0.0)
 
 
 def test_measure_verify_leaves_session_unchanged(llm):
