@@ -23,6 +23,13 @@ int32_t CostModel::choose(int32_t kmax, double a, double margin) const {
     return best;
 }
 
+int32_t CostModel::shortest(int32_t kmax, double a, double margin) const {
+    for (int32_t k = 2; k <= kmax && nodes(k) < (int32_t) v.size(); ++k) {
+        if (rate(k, a) > margin / dense_ms(1)) return k;
+    }
+    return 1;
+}
+
 void CostModel::timed_dense(int32_t n, double ms) {
     if (n < 1 || n >= (int32_t) v.size() || !(v[n] > 0.0) || !(ms > 0.0)) return;
     const double r = std::min(ms / v[n], scale * 4.0);
@@ -32,7 +39,7 @@ void CostModel::timed_dense(int32_t n, double ms) {
 void CostModel::timed_sparse(double ms) {
     s_sum += ms;
     s_n++;
-    s_ema += (ms - s_ema) * std::max(1.0 / s_n, kRefresh);  // the plain mean until 1/n falls below kRefresh
+    s_level += (ms / scale - s_level) * std::max(1.0 / s_n, kRefresh);  // the plain mean until 1/n < kRefresh
 }
 
 void interpolate_curve(const std::vector<double> & measured, int32_t n, std::vector<double> & v) {
@@ -68,7 +75,7 @@ int32_t AutoPeriod::next() {
     if (cost_.choose(kmax_, 1.0, 1.1) == 1) {
         gave_up_ = true;  // even perfect acceptance would not pay: stop asking
     } else if (++dense_run_ >= probe_every_) {
-        k = cost_.choose(kmax_, 1.0, 1.1);  // re-probe the acceptance rate, less and less often
+        k = cost_.shortest(kmax_, 1.0, 1.1);  // re-probe the acceptance rate, less and less often
         dense_run_ = 0;
         probe_every_ *= 2;
     }

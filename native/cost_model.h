@@ -13,22 +13,24 @@ namespace sirius {
 //   advances E(K) = 1 + a + a^2 + ... + a^(K-1) tokens. A tree of width W drafts with 1 + (K-2)·W sparse steps
 //   and verifies (K-1)·W + 1 tokens; a is then the acceptance rate along the winning beams.
 //
-// Costs follow the machine: the curve's shape is measured once per session, its level (scale) and the sparse step
-// follow the loop's own timed dense batches and drafts (exponential moving averages, weight kRefresh), so a
-// session whose curve was measured while something else held the CPUs prices K right once that load is gone.
+// Costs follow the machine: the curve's shape is measured once per session, and its level (scale) follows the
+// loop's own timed dense batches (an exponential moving average, weight kRefresh), so a session whose curve was
+// measured while something else held the CPUs prices K right once that load is gone. A sparse step is kept at
+// the curve's level too (its timings over the level at the time), so a load that slows the dense steps that
+// are timed slows the sparse steps that are not, and does not make drafting look cheap.
 struct CostModel {
     static constexpr double kRefresh = 0.1;  // weight of the newest timing in the moving averages
     std::vector<double> v;  // v[n] ms, n = 1..nodes(kmax), from the measured curve (interpolate_curve)
     int32_t width = 1;
     double  scale = 1.0;    // now vs when the curve was measured: realized dense batch ms over v[n] (moving average)
-    double  s_ema = 0.0;    // a sparse step's ms (moving average of the timed ones)
+    double  s_level = 0.0;  // a sparse step's ms at the curve's level (moving average of timings over scale)
     double  s_sum = 0.0;    // sparse steps timed so far (their plain mean is reported in stats)
     int32_t s_n = 0;
     double  s_prior = 0.0;  // a sparse step's cost before any is timed, at the curve's level (scaled with it)
     double  acc = 9.0, rej = 1.0;  // accepted drafts and rejections, with a prior of 9 : 1
 
     double dense_ms(int32_t n) const { return v[n] * scale; }
-    double sparse_ms() const { return s_n > 0 ? s_ema : s_prior * scale; }
+    double sparse_ms() const { return (s_n > 0 ? s_level : s_prior) * scale; }
     double accept_rate() const { return acc / (acc + rej); }
     static double advance(double a, int32_t k);
     int32_t nodes(int32_t k) const { return (k - 1) * width + 1; }
@@ -37,6 +39,8 @@ struct CostModel {
     double rate(int32_t k, double a) const { return advance(a, k) / (steps(k) * sparse_ms() + dense_ms(nodes(k))); }
     // Best K in [2, kmax] if its rate beats dense decoding's by the factor `margin`, else 1 (decode densely).
     int32_t choose(int32_t kmax, double a, double margin) const;
+    // Smallest K in [2, kmax] whose rate beats dense decoding's by `margin`, else 1.
+    int32_t shortest(int32_t kmax, double a, double margin) const;
     // After a verification that kept j of k - 1 drafts.
     void judged(int32_t k, int32_t j) { acc += j; rej += j < k - 1 ? 1 : 0; }
     // A dense batch of n tokens took ms. One timing counts as at most 4x the level before weighting, so a single
@@ -52,7 +56,8 @@ void interpolate_curve(const std::vector<double> & measured, int32_t n, std::vec
 
 // period = auto: each period's K from the cost model. Dense (K = 1) while the estimate says drafting does not
 // pay; if even a = 1 could not beat dense by 10%, dense to the end (gave_up); while the estimate says dense but
-// a = 1 would pay, one probing period after 32, 64, 128, ... dense steps.
+// a = 1 would pay, one probing period after 32, 64, 128, ... dense steps, at the shortest K that a = 1 would pay
+// for: a probe re-measures acceptance, and one that finds it still low then costs the least.
 class AutoPeriod {
 public:
     AutoPeriod(const CostModel & cost, int32_t kmax) : cost_(cost), kmax_(kmax) {}
