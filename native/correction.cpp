@@ -50,6 +50,11 @@ struct Emitter {
 
 const int32_t kCurveKs[] = {1, 2, 4, 8, 16, 24, 32};
 
+// The session's measured dense cost curve, every point times factor (its level moved; its shape did not).
+void scale_curve(sirius_session * s, double factor) {
+    for (double & ms : s->verify_ms) ms *= factor;
+}
+
 // The loop's state and its phases. Each phase returns a sirius_status; the ones that emit tokens also say
 // whether generation goes on.
 struct Loop {
@@ -142,17 +147,12 @@ struct Loop {
         return k;
     }
 
-    // A dense batch of n tokens took ms: the auto period's cost model follows it.
-    void timed_dense(int32_t n, double ms) {
-        if (!cost.v.empty()) cost.timed_dense(n, ms);
-    }
-
     // One dense step: pending goes into the cache, the dense model picks the next token.
     int32_t dense_step(bool & go) {
         const auto t0 = std::chrono::steady_clock::now();
         set_ffn_mode(s, SIRIUS_MODE_DENSE);
         if (int32_t rc = decode(s, &pending, 1, false, nullptr)) return rc;
-        timed_dense(1, ms_since(t0));
+        cost.timed_dense(1, ms_since(t0));  // no-op unless auto filled the curve
         pending = pick(logits_ith(s, -1));
         st.dense_steps++;
         st.t_dense_ms += ms_since(t0);
@@ -195,7 +195,7 @@ struct Loop {
         st.tree_nodes += (int32_t) batch.size();
         const auto t0 = std::chrono::steady_clock::now();
         const int32_t rc = decode(s, batch.data(), (int32_t) batch.size(), true, logits.data());
-        if (rc == SIRIUS_OK) timed_dense((int32_t) batch.size(), ms_since(t0));
+        if (rc == SIRIUS_OK) cost.timed_dense((int32_t) batch.size(), ms_since(t0));
         return rc;
     }
 
@@ -273,7 +273,7 @@ struct Loop {
         st.sparse_step_ms = cost.s_n > 0 ? cost.s_sum / cost.s_n : 0.0;
         // The curve's level as this call found it, for the session's next call and the stats.
         if (!cost.v.empty()) {
-            for (double & ms : s->verify_ms) ms *= cost.scale;
+            scale_curve(s, cost.scale);
             st.dense_step_ms = cost.dense_ms(1);
         }
     }
@@ -413,6 +413,6 @@ extern "C" int32_t sirius_test_scale_cost_curve(sirius_session * s, double facto
     if (!(factor > 0.0) || !std::isfinite(factor)) {
         return fail(SIRIUS_ERR_INVALID_ARGUMENT, "scale_cost_curve: factor must be > 0 and finite, got " + std::to_string(factor));
     }
-    for (double & ms : s->verify_ms) ms *= factor;
+    scale_curve(s, factor);
     return SIRIUS_OK;
 }
