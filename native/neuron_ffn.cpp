@@ -6,13 +6,14 @@
 //
 //   a   = act(gate x)                   stock ops, gate dense (its repacked kernels)
 //   sel = neuron_up(a, x, up)           the kept neurons n (ascending) and h[n] = a[n] * (up[n] . x)
-//   y   = neuron_down(sel, down_nm)     y = sum over kept n of h[n] * down_nm[n]
+//   y   = neuron_sum(neuron_down(sel, down_nm))   y = sum over kept n of h[n] * down_nm[n]
 //
 // up is the GGUF's ffn_up read in place (its rows are neurons); down_nm is the neuron-major copy of ffn_down
 // (neuron_down.cpp: row n = neuron n's column). A skipped neuron is a row of each never read. Work splits as in
 // ggml's own ops, with no atomics: neuron_up over the kept list (every thread makes the same selection, n_ff
-// compares, rather than wait at a barrier for one), neuron_down over output columns (each thread accumulates
-// its 32-column blocks of y from every kept row, in L1). The graph's barrier between the nodes orders them.
+// compares, rather than wait at a barrier for one), neuron_down over the kept rows too (each thread accumulates
+// a partial y over its slice, in L1), neuron_sum over y's columns (adds the partials). The graph's barrier
+// between the nodes orders them.
 //
 // Calibration uses the same hook on dense batches: the FFN is built from stock ops, with a pass-through node on
 // act(gate x) that adds every token's |act(gate x)| to a per-layer histogram (sirius_score_bin).
@@ -38,6 +39,12 @@ namespace {
 // `count` used), then n_ff floats h.
 constexpr int64_t kSelHeader = 16;  // values before the ids (the count, padded to 64 bytes)
 int64_t sel_size(int64_t n_ff) { return kSelHeader + 2 * n_ff; }
+
+// Prefetch [p, p + bytes) into L2 (prefetcht1 on x86: locality 2), line by line.
+inline void prefetch_l2(const uint8_t * p, size_t bytes) {
+    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o, 0, 2);
+    __builtin_prefetch(p + bytes - 1, 0, 2);
+}
 
 inline uint32_t abs_bits(float v) {
     uint32_t u;
@@ -133,16 +140,12 @@ void neuron_up(ggml_tensor * dst, int ith, int nth, void * userdata) {
     const int64_t c = (int64_t) kept.size();
     const int64_t j0 = c * ith / nth, j1 = c * (ith + 1) / nth;
     // A kept row is a short run at a scattered address, too short for the hardware prefetchers: each is
-    // fetched kUpAhead rows ahead.
-    constexpr int64_t kUpAhead = 8;
-    for (int64_t j = j0; j < std::min(j1, j0 + kUpAhead); ++j) {
-        for (size_t o = 0; o < row; o += 64) __builtin_prefetch(base + (size_t) kept[j] * row + o);
-    }
+    // fetched kUpAhead rows ahead, into L2 (prefetch_l2: into L1, the core's few L1 miss buffers capped the
+    // scattered reads at ~13 GB/s on the Zen 4 VM; into L2, ~20; NOTES, "Prefetching into L2").
+    constexpr int64_t kUpAhead = 16;
+    for (int64_t j = j0; j < std::min(j1, j0 + kUpAhead); ++j) prefetch_l2(base + (size_t) kept[j] * row, row);
     for (int64_t j = j0; j < j1; ++j) {
-        if (j + kUpAhead < j1) {
-            const uint8_t * p = base + (size_t) kept[j + kUpAhead] * row;
-            for (size_t o = 0; o < row; o += 64) __builtin_prefetch(p + o);
-        }
+        if (j + kUpAhead < j1) prefetch_l2(base + (size_t) kept[j + kUpAhead] * row, row);
         const int32_t n = kept[j];
         float u;
         tt->vec_dot((int) n_embd, &u, 0, base + (size_t) n * row, 0, xv, 0, 1);
@@ -208,12 +211,8 @@ void axpy_f32(const uint8_t * const * rows, const float * h, int64_t n, int64_t,
 }
 
 #ifdef SIRIUS_X86
-// A kept row is a short run at a scattered address (one neuron's slice of y), too short for the hardware
-// prefetchers to ramp up on, so the kernels prefetch the rows they take next.
-inline void prefetch(const uint8_t * p, size_t bytes) {
-    for (size_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + o);
-    __builtin_prefetch(p + bytes - 1);
-}
+// A kept row is a short run at a scattered address, too short for the hardware prefetchers to ramp up on, so
+// the kernels prefetch the rows they take next, into L2 (prefetch_l2).
 
 // Q4_0 in integer arithmetic, as ggml's own Q4_0 x Q8_0 dot product works: per group of 16 rows and block b,
 // the coefficients g[r] = h[r] * d[r][b] are rounded to int8 against the group's largest |g| (ggml rounds the
@@ -247,7 +246,7 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
         if (fj < n) {                                                                                             \
             const uint8_t * fp = fl < ls ? std::min(rows[fj] + d_off + 64 * fl, rows[fj] + d_off + 2 * nb - 1)     \
                                          : std::min(rows[fj] + q_off + 64 * (fl - ls), rows[fj] + q_off + 16 * nb - 1); \
-            _mm_prefetch(reinterpret_cast<const char *>(fp), _MM_HINT_T0);                                        \
+            _mm_prefetch(reinterpret_cast<const char *>(fp), _MM_HINT_T1);                                        \
         }                                                                                                         \
     } while (0)
     for (int64_t r = 0; r < R; ++r) {
@@ -330,9 +329,9 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
 __attribute__((target("avx2,fma,f16c"))) void axpy_q8_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
                                                              int64_t, int64_t b0, int64_t nb, float * acc) {
     const size_t off = sizeof(BlockQ8) * (size_t) b0, bytes = sizeof(BlockQ8) * (size_t) nb;
-    for (int64_t j = 0; j < std::min<int64_t>(n, 16); ++j) prefetch(rows[j] + off, bytes);
+    for (int64_t j = 0; j < std::min<int64_t>(n, 16); ++j) prefetch_l2(rows[j] + off, bytes);
     for (int64_t j = 0; j < n; j += 4) {
-        for (int64_t q = j + 16; q < std::min<int64_t>(n, j + 20); ++q) prefetch(rows[q] + off, bytes);
+        for (int64_t q = j + 16; q < std::min<int64_t>(n, j + 20); ++q) prefetch_l2(rows[q] + off, bytes);
         const int64_t m = std::min<int64_t>(4, n - j);
         const BlockQ8 * r[4];
         float hj[4];
@@ -363,7 +362,7 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q8_0_avx2(const uint8_t * con
 __attribute__((target("avx2,fma,f16c"))) void axpy_f16_avx2(const uint8_t * const * rows, const float * h, int64_t n,
                                                             int64_t, int64_t b0, int64_t nb, float * acc) {
     for (int64_t j = 0; j < n; ++j) {
-        if (j + 8 < n) prefetch(rows[j + 8] + 64 * b0, 64 * (size_t) nb);
+        if (j + 8 < n) prefetch_l2(rows[j + 8] + 64 * b0, 64 * (size_t) nb);
         const __m256 vs = _mm256_set1_ps(h[j]);
         const uint16_t * r = reinterpret_cast<const uint16_t *>(rows[j]) + 32 * b0;
         for (int64_t i = 0; i < nb * 32; i += 8) {
@@ -405,8 +404,14 @@ AxpyFn axpy_for(ggml_type t) {
     }
 }
 
-// src: sel, down_nm [n_embd, n_ff]; dst y [n_embd]. Thread ith computes y's 32-column blocks
-// [nblk * ith / nth, nblk * (ith + 1) / nth) from every kept row (accumulated in L1; no reduction after).
+// src: sel, down_nm [n_embd, n_ff]; dst: partial sums [n_embd, kDownParts]. The kept rows split over the threads
+// in slices of whole 16-row groups (the Q4_0 kernel's rounding groups, so the rounding does not depend on the
+// thread count); thread ith < min(nth, kDownParts) accumulates its slice's rows over the whole width of y (in
+// L1) into partial row ith; neuron_sum adds the partials. Each thread reads whole rows, one after the other:
+// splitting columns instead made both threads touch every kept row's lines (measured 1.4x slower in order and
+// ~1.2x on a random half, a throwaway read loop; NOTES, "Prefetching into L2").
+constexpr int kDownParts = 32;
+
 void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
     const ggml_tensor * sel_t = dst->src[0], * down = dst->src[1];
     const int64_t n_embd = down->ne[0], n_ff = down->ne[1], nblk = n_embd / 32;
@@ -415,19 +420,34 @@ void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
     memcpy(&count, sel, sizeof(count));
     const int32_t * ids = reinterpret_cast<const int32_t *>(sel + kSelHeader);
     const float * h = sel + kSelHeader + n_ff;
-
-    const int64_t b0 = nblk * ith / nth, b1 = nblk * (ith + 1) / nth;
-    float * y = static_cast<float *>(dst->data);
-    if (b1 <= b0) return;
-    thread_local std::vector<float> acc;
+    const int parts = std::min(nth, kDownParts);
+    if (ith >= parts) return;
+    auto slice = [&](int p) { return std::min<int64_t>(count, (count * p / parts + 15) / 16 * 16); };
+    const int64_t j0 = slice(ith), j1 = slice(ith + 1);
+    float * y = static_cast<float *>(dst->data) + (size_t) ith * n_embd;
+    std::fill(y, y + n_embd, 0.0f);
+    if (j1 <= j0) return;
     thread_local std::vector<const uint8_t *> rows;
-    acc.assign((size_t) (b1 - b0) * 32, 0.0f);
     const size_t row = ggml_row_size(down->type, n_embd);
     const uint8_t * base = static_cast<const uint8_t *>(down->data);
-    rows.resize(count);
-    for (int32_t q = 0; q < count; ++q) rows[q] = base + (size_t) ids[q] * row;
-    if (count > 0) axpy_for(down->type)(rows.data(), h, count, nblk, b0, b1 - b0, acc.data());
-    std::copy(acc.begin(), acc.end(), y + b0 * 32);
+    rows.resize(j1 - j0);
+    for (int64_t q = j0; q < j1; ++q) rows[q - j0] = base + (size_t) ids[q] * row;
+    axpy_for(down->type)(rows.data(), h + j0, j1 - j0, nblk, 0, nblk, y);
+}
+
+// src: the partial sums [n_embd, kDownParts]; dst y [n_embd]: the sum of the first min(nth, kDownParts) (the
+// graph runs both nodes with the same threads), split over columns.
+void neuron_sum(ggml_tensor * dst, int ith, int nth, void *) {
+    const ggml_tensor * part = dst->src[0];
+    const int64_t n = dst->ne[0], i0 = n * ith / nth, i1 = n * (ith + 1) / nth;
+    const int parts = std::min(nth, kDownParts);
+    const float * p = static_cast<const float *>(part->data);
+    float * y = static_cast<float *>(dst->data);
+    for (int64_t i = i0; i < i1; ++i) y[i] = p[i];
+    for (int q = 1; q < parts; ++q) {
+        const float * pq = p + (size_t) q * n;
+        for (int64_t i = i0; i < i1; ++i) y[i] += pq[i];
+    }
 }
 
 // Calibration: dst = a ([n_ff, n_tok]) unchanged; adds every |a| to the layer's histogram (userdata: the
@@ -489,11 +509,13 @@ ggml_tensor * neuron_ffn_nodes(ggml_context * ctx, ggml_tensor * a, ggml_tensor 
     ggml_tensor * sel = ggml_custom_4d(ctx, GGML_TYPE_F32, sel_size(L->up->ne[1]), 1, 1, 1, args_up, 3, neuron_up, GGML_N_TASKS_MAX, L);
     ggml_format_name(sel, "ffn_neuron_sel-%d", L->il);
     ggml_tensor * args_down[2] = {sel, L->down};
-    return ggml_custom_4d(ctx, GGML_TYPE_F32, L->down->ne[0], 1, 1, 1, args_down, 2, neuron_down, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor * part = ggml_custom_4d(ctx, GGML_TYPE_F32, L->down->ne[0], kDownParts, 1, 1, args_down, 2, neuron_down, GGML_N_TASKS_MAX, nullptr);
+    ggml_tensor * args_sum[1] = {part};
+    return ggml_custom_4d(ctx, GGML_TYPE_F32, L->down->ne[0], 1, 1, 1, args_sum, 1, neuron_sum, GGML_N_TASKS_MAX, nullptr);
 }
 
 int32_t neuron_nodes_kept(const ggml_tensor * y, const int32_t ** ids) {
-    const float * sel = static_cast<const float *>(y->src[0]->data);
+    const float * sel = static_cast<const float *>(y->src[0]->src[0]->data);  // y = neuron_sum(neuron_down(sel, ..))
     int32_t count;
     memcpy(&count, sel, sizeof(count));
     *ids = reinterpret_cast<const int32_t *>(sel + kSelHeader);

@@ -121,6 +121,24 @@ def test_topk_ties_go_to_the_lower_index():
     assert neuron_ffn(QT.F32, up, QT.F32, down, np.zeros(N_FF, np.float32), x, k=5)[1] == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("down_t", DOWN_TYPES, ids=lambda t: t.name)
+def test_output_does_not_depend_on_the_thread_count(down_t):
+    """neuron_down splits the kept rows over the threads in whole 16-row groups (the Q4_0 kernel's rounding
+    groups) and neuron_sum adds the threads' partial sums: 1 to 40 threads (past the 32 partials) give the same
+    output up to the order of float additions."""
+    rng = np.random.default_rng(40 + int(down_t))
+    up, _ = make_up(QT.Q4_K, rng)
+    down, _, _ = make_down(down_t, rng)
+    x = rng.standard_normal(N_EMBD).astype(np.float32)
+    a = rng.standard_normal(N_FF).astype(np.float32)
+    for k in (N_FF, 150, 17, 3):
+        y1, kept1 = neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=k, threads=1)
+        for threads in (2, 3, 7, 40):
+            y, kept = neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=k, threads=threads)
+            assert kept == kept1
+            np.testing.assert_allclose(y, y1, rtol=1e-5, atol=1e-6 * np.abs(y1).max(), err_msg=f"k={k} threads={threads}")
+
+
 def test_threshold_keeps_exactly_the_values_that_reach_it():
     rng = np.random.default_rng(4)
     up, _ = make_up(QT.Q4_K, rng)
