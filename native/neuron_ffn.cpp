@@ -214,44 +214,63 @@ void axpy_f32(const uint8_t * const * rows, const float * h, int64_t n, int64_t,
 // A kept row is a short run at a scattered address, too short for the hardware prefetchers to ramp up on, so
 // the kernels prefetch the rows they take next, into L2 (prefetch_l2).
 
+// Row j of a Q4_0 kernel's list (if there is one): its runs of scales and of nibbles, into L2. (A macro: GCC
+// emitted none of these prefetches from an inline function or a lambda called in the target("avx2") kernel.)
+#define SIRIUS_FETCH_ROW(j)                                                                                       \
+    do {                                                                                                          \
+        const int64_t fj = (j);                                                                                   \
+        if (fj < n) {                                                                                             \
+            const char * fd = reinterpret_cast<const char *>(rows[fj] + d_off);                                   \
+            const char * fq = reinterpret_cast<const char *>(rows[fj] + q_off);                                   \
+            for (int64_t o = 0; o < 2 * nb; o += 64) _mm_prefetch(fd + o, _MM_HINT_T1);                           \
+            _mm_prefetch(fd + 2 * nb - 1, _MM_HINT_T1);                                                           \
+            for (int64_t o = 0; o < 16 * nb; o += 64) _mm_prefetch(fq + o, _MM_HINT_T1);                          \
+            _mm_prefetch(fq + 16 * nb - 1, _MM_HINT_T1);                                                          \
+        }                                                                                                         \
+    } while (0)
+
+// One block's float update from its int16 column sums (columns 0-7, 8-15, 16-23, 24-31): acc += (sums - 8 x the
+// sum of the coefficients) x step. (A function, not a lambda: a lambda does not inherit target("avx2").)
+__attribute__((target("avx2,fma,f16c"))) inline void q4_0_update(float * o, __m128i c0_7, __m128i c8_15, __m128i c16_23,
+                                                                  __m128i c24_31, int32_t gsum, float step) {
+    const __m256i bias = _mm256_set1_epi32(-8 * gsum);
+    const __m256 st = _mm256_set1_ps(step);
+    const __m128i c[4] = {c0_7, c8_15, c16_23, c24_31};
+    for (int i = 0; i < 4; ++i) {
+        const __m256 v = _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_cvtepi16_epi32(c[i]), bias));
+        _mm256_storeu_ps(o + 8 * i, _mm256_fmadd_ps(v, st, _mm256_loadu_ps(o + 8 * i)));
+    }
+}
+
 // Q4_0 in integer arithmetic, as ggml's own Q4_0 x Q8_0 dot product works: per group of 16 rows and block b,
 // the coefficients g[r] = h[r] * d[r][b] are rounded to int8 against the group's largest |g| (ggml rounds the
 // activations of a dense product to int8 per 32 values in the same way), and each pair of rows is one
 // maddubs of their interleaved nibbles (unsigned, 0..15) with the pair's two int8 coefficients: 32 products per
 // instruction. Sixteen rows' int16 sums stay below 8 x 2 x 15 x 127 = 30480; the "- 8" is one correction per
-// block, -8 times the sum of the group's int8 coefficients.
+// block, -8 times the sum of the group's int8 coefficients. Blocks go two at a time: a row's 32 bytes of
+// nibbles for blocks b and b + 1 are one load, and the 256-bit lanes are the two blocks.
 __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
                                                              int64_t nblk, int64_t b0, int64_t nb, float * acc) {
-    constexpr int R = 16;
+    constexpr int R = 16, P = R / 2;
     thread_local std::vector<float> g, gmax;
     thread_local std::vector<int32_t> qi, gsum;
-    thread_local std::vector<uint16_t> pairs;
+    thread_local std::vector<uint8_t> w;  // per pair of blocks and pair of rows: the maddubs operand, 32 bytes
     const int64_t nb8 = (nb + 7) / 8 * 8;  // padded to whole vectors
+    const int64_t nbp = nb / 2;           // pairs of blocks; an odd last block goes alone
     g.resize((size_t) R * nb8);
     qi.resize((size_t) R * nb8);
     gmax.resize(nb8);
     gsum.resize(nb8);
-    pairs.resize((size_t) nb8 * (R / 2));
+    w.resize((size_t) (nbp + 1) * P * 32);
     const __m128i m4 = _mm_set1_epi8(0x0f);
+    const __m256i m4w = _mm256_set1_epi8(0x0f), m8 = _mm256_set1_epi32(0xff);
     const __m256 sign = _mm256_set1_ps(-0.0f);
     const size_t d_off = 2 * (size_t) b0, q_off = 2 * (size_t) nblk + 16 * (size_t) b0;
-    // Prefetch: the next group's rows, spread evenly over this group's blocks (a burst of every line at once
-    // overflows the miss queues and stalls; a few lines per block keep them busy without filling them).
-    const int64_t ls = (2 * nb + 63) / 64 + 1, lq = (16 * nb + 63) / 64 + 1;  // lines a row's runs may span
-    const int64_t lines = R * (ls + lq);
-    // (Not a lambda: GCC drops the prefetches of a lambda inside a target("avx2") function.)
-#define SIRIUS_FETCH_LINE(j, l)                                                                                   \
-    do {                                                                                                          \
-        const int64_t fj = (j), fl = (l);                                                                         \
-        if (fj < n) {                                                                                             \
-            const uint8_t * fp = fl < ls ? std::min(rows[fj] + d_off + 64 * fl, rows[fj] + d_off + 2 * nb - 1)     \
-                                         : std::min(rows[fj] + q_off + 64 * (fl - ls), rows[fj] + q_off + 16 * nb - 1); \
-            _mm_prefetch(reinterpret_cast<const char *>(fp), _MM_HINT_T1);                                        \
-        }                                                                                                         \
-    } while (0)
-    for (int64_t r = 0; r < R; ++r) {
-        for (int64_t l = 0; l < ls + lq; ++l) SIRIUS_FETCH_LINE(r, l);
-    }
+    // Prefetch (into L2): the next group's rows, row after row, spread over this group's pairs of blocks (without
+    // it the kernel takes ~2x as long: its 16 rows are read 16 bytes of each in turn, too short a run for the
+    // hardware prefetchers).
+    for (int64_t j = 0; j < std::min<int64_t>(R, n); ++j) SIRIUS_FETCH_ROW(j);
+    const int64_t steps = std::max<int64_t>(nbp, 1);
     for (int64_t j0 = 0; j0 < n; j0 += R) {
         const int64_t m = std::min<int64_t>(R, n - j0);
         const uint8_t * rr[R];
@@ -275,8 +294,7 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
             }
             std::fill(gr + nb, gr + nb8, 0.0f);
         }
-        // 2. int8 coefficients, their sums per block, and the pairs' 16-bit broadcasts
-        std::fill(gsum.begin(), gsum.end(), 0);
+        // 2. int8 coefficients and their sums per block; each block's step
         for (int64_t b = 0; b < nb8; b += 8) {
             const __m256 mx = _mm256_loadu_ps(gmax.data() + b);
             const __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(127.0f), mx), _mm256_cmp_ps(mx, _mm256_setzero_ps(), _CMP_GT_OQ));
@@ -289,41 +307,69 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
             _mm256_storeu_si256(reinterpret_cast<__m256i *>(gsum.data() + b), sum);
             _mm256_storeu_ps(gmax.data() + b, _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / 127.0f)));  // now the step
         }
-        for (int p = 0; p < R / 2; ++p) {
+        // 3. the maddubs operands: for pair of rows p and pair of blocks bp, pair p's two int8 coefficients 8 times
+        //    for block 2 bp (low 128 bits), then 8 times for block 2 bp + 1 (high); an odd last block's in both halves
+        for (int p = 0; p < P; ++p) {
             const int32_t * q1 = qi.data() + (size_t) (2 * p) * nb8, * q2 = qi.data() + (size_t) (2 * p + 1) * nb8;
-            for (int64_t b = 0; b < nb; ++b) pairs[(size_t) b * (R / 2) + p] = (uint16_t) ((q1[b] & 0xff) | ((q2[b] & 0xff) << 8));
+            alignas(32) int32_t v[8];
+            for (int64_t b = 0; b < nb; b += 8) {
+                const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q1 + b));
+                const __m256i x2 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q2 + b));
+                _mm256_store_si256(reinterpret_cast<__m256i *>(v), _mm256_or_si256(_mm256_and_si256(x1, m8),
+                                                                                    _mm256_slli_epi32(_mm256_and_si256(x2, m8), 8)));
+                for (int64_t i = 0; i < 8 && b + i < nb; i += 2) {
+                    const short lo = (short) v[i], hi = (short) (b + i + 1 < nb ? v[i + 1] : v[i]);
+                    _mm256_storeu_si256(reinterpret_cast<__m256i *>(w.data() + 32 * ((size_t) ((b + i) / 2) * P + p)),
+                                        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo)));
+                }
+            }
         }
-        // 3. per block: the 16 rows' products in int16, then one float update of acc
-        for (int64_t b = 0; b < nb; ++b) {
-            for (int64_t i = lines * b / nb; i < lines * (b + 1) / nb; ++i) SIRIUS_FETCH_LINE(j0 + R + i / (ls + lq), i % (ls + lq));
+        // 4. per pair of blocks: the 16 rows' products in int16 (lanes: the two blocks), then each block's float update
+        for (int64_t bp = 0; bp < nbp; ++bp) {
+            for (int64_t r = R * bp / steps; r < R * (bp + 1) / steps; ++r) SIRIUS_FETCH_ROW(j0 + R + r);
+            const int64_t b = 2 * bp;
+            __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256(), s2 = _mm256_setzero_si256(), s3 = _mm256_setzero_si256();
+            const uint8_t * wp = w.data() + 32 * (size_t) bp * P;
+            for (int p = 0; p < P; ++p) {
+                const __m256i q1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(rr[2 * p] + q_off + 16 * b));
+                const __m256i q2 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(rr[2 * p + 1] + q_off + 16 * b));
+                // [block b | block b + 1]: columns 0-15 (low nibbles), columns 16-31 (high nibbles)
+                const __m256i l1 = _mm256_and_si256(q1, m4w), h1 = _mm256_and_si256(_mm256_srli_epi16(q1, 4), m4w);
+                const __m256i l2 = _mm256_and_si256(q2, m4w), h2 = _mm256_and_si256(_mm256_srli_epi16(q2, 4), m4w);
+                const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(wp + 32 * p));
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(l1, l2), wv));  // columns 0-7
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(l1, l2), wv));  // 8-15
+                s2 = _mm256_add_epi16(s2, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(h1, h2), wv));  // 16-23
+                s3 = _mm256_add_epi16(s3, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(h1, h2), wv));  // 24-31
+            }
+            q4_0_update(acc + b * 32, _mm256_castsi256_si128(s0), _mm256_castsi256_si128(s1), _mm256_castsi256_si128(s2),
+                        _mm256_castsi256_si128(s3), gsum[b], gmax[b]);
+            q4_0_update(acc + (b + 1) * 32, _mm256_extracti128_si256(s0, 1), _mm256_extracti128_si256(s1, 1),
+                        _mm256_extracti128_si256(s2, 1), _mm256_extracti128_si256(s3, 1), gsum[b + 1], gmax[b + 1]);
+        }
+        if (nb % 2) {  // an odd last block alone: 16-byte loads, lanes = its two column halves
+            if (nbp == 0) {
+                for (int64_t r = 0; r < R; ++r) SIRIUS_FETCH_ROW(j0 + R + r);
+            }
+            const int64_t b = nb - 1;
             __m256i s0 = _mm256_setzero_si256(), s1 = _mm256_setzero_si256();
-            const uint16_t * pw = pairs.data() + (size_t) b * (R / 2);
-            for (int p = 0; p < R / 2; ++p) {
+            const uint8_t * wp = w.data() + 32 * (size_t) nbp * P;
+            for (int p = 0; p < P; ++p) {
                 const __m128i q1 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[2 * p] + q_off + 16 * b));
                 const __m128i q2 = _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[2 * p + 1] + q_off + 16 * b));
-                // [columns 0-15 | columns 16-31] of each row, one nibble per byte
                 const __m256i a1 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q1, 4), m4), _mm_and_si128(q1, m4));
                 const __m256i a2 = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q2, 4), m4), _mm_and_si128(q2, m4));
-                const __m256i w = _mm256_set1_epi16((short) pw[p]);
-                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a1, a2), w));  // columns 0-7 | 16-23
-                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a1, a2), w));  // columns 8-15 | 24-31
+                const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(wp + 32 * p));
+                s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(_mm256_unpacklo_epi8(a1, a2), wv));  // columns 0-7 | 16-23
+                s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(_mm256_unpackhi_epi8(a1, a2), wv));  // columns 8-15 | 24-31
             }
-            const __m256i bias = _mm256_set1_epi32(-8 * gsum[b]);
-            const __m256 step = _mm256_set1_ps(gmax[b]);
-            float * o = acc + b * 32;
-            const __m256i c0 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s0)), bias);
-            const __m256i c1 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_castsi256_si128(s1)), bias);
-            const __m256i c2 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s0, 1)), bias);
-            const __m256i c3 = _mm256_add_epi32(_mm256_cvtepi16_epi32(_mm256_extracti128_si256(s1, 1)), bias);
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c0), step, _mm256_loadu_ps(o)));
-            _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c1), step, _mm256_loadu_ps(o + 8)));
-            _mm256_storeu_ps(o + 16, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c2), step, _mm256_loadu_ps(o + 16)));
-            _mm256_storeu_ps(o + 24, _mm256_fmadd_ps(_mm256_cvtepi32_ps(c3), step, _mm256_loadu_ps(o + 24)));
+            q4_0_update(acc + b * 32, _mm256_castsi256_si128(s0), _mm256_castsi256_si128(s1), _mm256_extracti128_si256(s0, 1),
+                        _mm256_extracti128_si256(s1, 1), gsum[b], gmax[b]);
         }
     }
 }
 
-#undef SIRIUS_FETCH_LINE
+#undef SIRIUS_FETCH_ROW
 
 // Q8_0 in float: four rows at a time, so each 32-float block of acc is loaded and stored once per four rows.
 __attribute__((target("avx2,fma,f16c"))) void axpy_q8_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
