@@ -454,8 +454,8 @@ AxpyFn axpy_for(ggml_type t) {
 // in slices of whole 16-row groups (the Q4_0 kernel's rounding groups, so the rounding does not depend on the
 // thread count); thread ith < min(nth, kDownParts) accumulates its slice's rows over the whole width of y (in
 // L1) into partial row ith; neuron_sum adds the partials. Each thread reads whole rows, one after the other:
-// splitting columns instead made both threads touch every kept row's lines (measured 1.4x slower in order and
-// ~1.2x on a random half, a throwaway read loop; NOTES, "Prefetching into L2").
+// splitting columns instead made both threads touch every kept row's lines (measured ~1.4x slower in order and
+// ~1.3x on a random half: benchmarks/scattered_reads.cpp; NOTES, "Prefetching into L2").
 constexpr int kDownParts = 32;
 
 void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
