@@ -134,6 +134,38 @@ def test_bench_sirius_rows(model_path, tmp_path):
     assert "arithmetic bound" in r.stdout
 
 
+def test_bench_marks_auto_rows_that_decoded_densely():
+    """An auto row that drafted nothing, or whose cost model gave up drafting, ran dense decoding, so its ratio to
+    the dense row is the machine's drift: the table marks it, and the best Sirius configuration is one that
+    drafted (or says none did)."""
+    from sirius_local import bench
+
+    def row(mode, tps, period=None, auto_dense=False):
+        r = {"mode": mode, "sparsity": None if mode == "dense" else "topk", "density": 0.5,
+             "density_actual": 1.0 if mode == "dense" else 0.5, "tokens_per_second": tps, "ratio_vs_dense": tps / 20.0,
+             "ideal_ratio": None, "group_size": None if mode == "dense" else 1, "draft_vocab": None,
+             "sparse_param_fraction": 1.0 if mode == "dense" else 0.78, "sparse_bytes": 0, "sparse_build_seconds": 0.0,
+             "agreement_with_dense": 1.0}
+        if mode == "sirius":
+            r.update(period=period, width=1, aal=3.8 if not auto_dense else 0.0, accept_rate=0.97,
+                     effective_density=0.8 if not auto_dense else 1.0, predicted_tokens_per_second=None,
+                     auto_dense=auto_dense)
+        return r
+
+    runs = [row("dense", 20.0), row("sirius", 19.0, period=4), row("sirius", 24.0, period="auto", auto_dense=True)]
+    b = bench.best_sirius(runs)
+    assert b["period"] == 4 and b["decoded_densely"] is False
+    res = {"model": "m.gguf", "architecture": "qwen2", "machine": {"threads": 2}, "decode_tokens": 64, "repeats": 3,
+           "runs": runs, "best_sirius": b}
+    table = bench.format_table(res)
+    assert " auto* " in table and "gave up drafting" in table and "K=4" in table and "none beat dense" not in table
+    every = [runs[0], row("sirius", 24.0, period="auto", auto_dense=True), row("sirius", 23.0, period="auto")]
+    every[2]["aal"] = 0.0  # auto still in its first dense stretch: it drafted nothing
+    b = bench.best_sirius(every)
+    assert b["period"] == "auto" and b["decoded_densely"] is True
+    assert "none beat dense decoding" in bench.format_table(dict(res, runs=every, best_sirius=b))
+
+
 def test_bench_json(model_path, tmp_path):
     """The bench's plumbing (not its timings): every configuration measured, ratios consistent."""
     out = tmp_path / "bench.json"
