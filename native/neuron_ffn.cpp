@@ -46,6 +46,10 @@ inline void prefetch_l2(const uint8_t * p, size_t bytes) {
     __builtin_prefetch(p + bytes - 1, 0, 2);
 }
 
+// Rows of the neuron-major down that the Q4_0 kernel rounds together (its coefficients' int8 scale is per group
+// and block); neuron_down gives each thread whole groups, so the rounding does not depend on the thread count.
+constexpr int kRowGroup = 16;
+
 inline uint32_t abs_bits(float v) {
     uint32_t u;
     memcpy(&u, &v, 4);
@@ -215,17 +219,13 @@ void axpy_f32(const uint8_t * const * rows, const float * h, int64_t n, int64_t,
 // the kernels prefetch the rows they take next, into L2 (prefetch_l2).
 
 // Row j of a Q4_0 kernel's list (if there is one): its runs of scales and of nibbles, into L2. (A macro: GCC
-// emitted none of these prefetches from an inline function or a lambda called in the target("avx2") kernel.)
+// emitted none of these prefetches from a lambda or a helper function called in the target("avx2") kernel.)
 #define SIRIUS_FETCH_ROW(j)                                                                                       \
     do {                                                                                                          \
         const int64_t fj = (j);                                                                                   \
         if (fj < n) {                                                                                             \
-            const char * fd = reinterpret_cast<const char *>(rows[fj] + d_off);                                   \
-            const char * fq = reinterpret_cast<const char *>(rows[fj] + q_off);                                   \
-            for (int64_t o = 0; o < 2 * nb; o += 64) _mm_prefetch(fd + o, _MM_HINT_T1);                           \
-            _mm_prefetch(fd + 2 * nb - 1, _MM_HINT_T1);                                                           \
-            for (int64_t o = 0; o < 16 * nb; o += 64) _mm_prefetch(fq + o, _MM_HINT_T1);                          \
-            _mm_prefetch(fq + 16 * nb - 1, _MM_HINT_T1);                                                          \
+            prefetch_l2(rows[fj] + d_off, 2 * (size_t) nb);                                                       \
+            prefetch_l2(rows[fj] + q_off, 16 * (size_t) nb);                                                      \
         }                                                                                                         \
     } while (0)
 
@@ -242,8 +242,8 @@ __attribute__((target("avx2,fma,f16c"))) inline void q4_0_update(float * o, __m1
     }
 }
 
-// Q4_0 in integer arithmetic, as ggml's own Q4_0 x Q8_0 dot product works: per group of 16 rows and block b,
-// the coefficients g[r] = h[r] * d[r][b] are rounded to int8 against the group's largest |g| (ggml rounds the
+// Q4_0 in integer arithmetic, as ggml's own Q4_0 x Q8_0 dot product works: per group of kRowGroup = 16 rows and
+// block b, the coefficients g[r] = h[r] * d[r][b] are rounded to int8 against the group's largest |g| (ggml rounds the
 // activations of a dense product to int8 per 32 values in the same way), and each pair of rows is one
 // maddubs of their interleaved nibbles (unsigned, 0..15) with the pair's two int8 coefficients: 32 products per
 // instruction. Sixteen rows' int16 sums stay below 8 x 2 x 15 x 127 = 30480; the "- 8" is one correction per
@@ -251,7 +251,7 @@ __attribute__((target("avx2,fma,f16c"))) inline void q4_0_update(float * o, __m1
 // nibbles for blocks b and b + 1 are one load, and the 256-bit lanes are the two blocks.
 __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
                                                              int64_t nblk, int64_t b0, int64_t nb, float * acc) {
-    constexpr int R = 16, P = R / 2;
+    constexpr int R = kRowGroup, P = R / 2;
     thread_local std::vector<float> g, gmax;
     thread_local std::vector<int32_t> qi, gsum;
     thread_local std::vector<uint8_t> w;  // per pair of blocks and pair of rows: the maddubs operand, 32 bytes
@@ -451,11 +451,10 @@ AxpyFn axpy_for(ggml_type t) {
 }
 
 // src: sel, down_nm [n_embd, n_ff]; dst: partial sums [n_embd, kDownParts]. The kept rows split over the threads
-// in slices of whole 16-row groups (the Q4_0 kernel's rounding groups, so the rounding does not depend on the
-// thread count); thread ith < min(nth, kDownParts) accumulates its slice's rows over the whole width of y (in
-// L1) into partial row ith; neuron_sum adds the partials. Each thread reads whole rows, one after the other:
-// splitting columns instead made both threads touch every kept row's lines (measured ~1.4x slower in order and
-// ~1.3x on a random half: benchmarks/scattered_reads.cpp; NOTES, "Prefetching into L2").
+// in slices of whole row groups (kRowGroup); thread ith < min(nth, kDownParts) accumulates its slice's rows over
+// the whole width of y (in L1) into partial row ith; neuron_sum adds the partials. Each thread reads whole rows,
+// one after the other: splitting columns instead made both threads touch every kept row's lines (measured ~1.4x
+// slower in order and ~1.3x on a random half: benchmarks/scattered_reads.cpp; NOTES, "Prefetching into L2").
 constexpr int kDownParts = 32;
 
 void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
@@ -468,7 +467,9 @@ void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
     const float * h = sel + kSelHeader + n_ff;
     const int parts = std::min(nth, kDownParts);
     if (ith >= parts) return;
-    auto slice = [&](int p) { return std::min<int64_t>(count, (count * p / parts + 15) / 16 * 16); };
+    auto slice = [&](int p) {
+        return std::min<int64_t>(count, (count * p / parts + kRowGroup - 1) / kRowGroup * kRowGroup);
+    };
     const int64_t j0 = slice(ith), j1 = slice(ith + 1);
     float * y = static_cast<float *>(dst->data) + (size_t) ith * n_embd;
     std::fill(y, y + n_embd, 0.0f);
