@@ -24,6 +24,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -49,6 +51,34 @@ inline void prefetch_l2(const uint8_t * p, size_t bytes) {
 // Rows of the neuron-major down that the Q4_0 kernel rounds together (its coefficients' int8 scale is per group
 // and block); neuron_down gives each thread whole groups, so the rounding does not depend on the thread count.
 constexpr int kRowGroup = 16;
+
+// SIRIUS_NEURON_KERNELS=loads-only (a measurement, never for use): both kernels read their kept rows in the same
+// order, with the same prefetches, and skip their arithmetic (up's dot products, down's axpy; y stays 0), so a
+// sparse decode's speed is the ceiling that reading scattered rows sets on this machine. The outputs are
+// meaningless, and a warning says so on stderr. Read once per process. NOTES, "The ceiling with free arithmetic".
+bool loads_only() {
+    static const bool v = [] {
+        const char * e = getenv("SIRIUS_NEURON_KERNELS");
+        const bool on = e && strcmp(e, "loads-only") == 0;
+        if (on) {
+            fprintf(stderr, "sirius-local: SIRIUS_NEURON_KERNELS=loads-only: the per-token sparse kernels skip their "
+                            "arithmetic (a measurement of the read ceiling); sparse outputs are meaningless\n");
+        }
+        return on;
+    }();
+    return v;
+}
+
+// Every byte of [p, p + bytes) loaded (8 at a time), folded into a value the caller keeps (loads-only).
+uint64_t load_row(const uint8_t * p, size_t bytes) {
+    uint64_t acc = 0;
+    for (size_t o = 0; o + 8 <= bytes; o += 8) {
+        uint64_t w;
+        memcpy(&w, p + o, 8);
+        acc ^= w;
+    }
+    return acc;
+}
 
 inline uint32_t abs_bits(float v) {
     uint32_t u;
@@ -147,12 +177,17 @@ void neuron_up(ggml_tensor * dst, int ith, int nth, void * userdata) {
     // fetched kUpAhead rows ahead, into L2 (prefetch_l2: into L1, the core's few L1 miss buffers capped the
     // scattered reads at ~13 GB/s on the Zen 4 VM; into L2, ~20; NOTES, "Prefetching into L2").
     constexpr int64_t kUpAhead = 16;
+    const bool only_loads = loads_only();
     for (int64_t j = j0; j < std::min(j1, j0 + kUpAhead); ++j) prefetch_l2(base + (size_t) kept[j] * row, row);
     for (int64_t j = j0; j < j1; ++j) {
         if (j + kUpAhead < j1) prefetch_l2(base + (size_t) kept[j + kUpAhead] * row, row);
         const int32_t n = kept[j];
         float u;
-        tt->vec_dot((int) n_embd, &u, 0, base + (size_t) n * row, 0, xv, 0, 1);
+        if (only_loads) {
+            u = (float) (load_row(base + (size_t) n * row, row) & 1);
+        } else {
+            tt->vec_dot((int) n_embd, &u, 0, base + (size_t) n * row, 0, xv, 0, 1);
+        }
         ids[j] = n;
         h[j] = u * av[n];
     }
@@ -479,6 +514,17 @@ void neuron_down(ggml_tensor * dst, int ith, int nth, void *) {
     const uint8_t * base = static_cast<const uint8_t *>(down->data);
     rows.resize(j1 - j0);
     for (int64_t q = j0; q < j1; ++q) rows[q - j0] = base + (size_t) ids[q] * row;
+    if (loads_only()) {  // the rows in the same order, each fetched one row group ahead like the kernels'
+        const int64_t n = j1 - j0;
+        uint64_t acc = 0;
+        for (int64_t q = 0; q < std::min<int64_t>(n, kRowGroup); ++q) prefetch_l2(rows[q], row);
+        for (int64_t q = 0; q < n; ++q) {
+            if (q + kRowGroup < n) prefetch_l2(rows[q + kRowGroup], row);
+            acc ^= load_row(rows[q], row);
+        }
+        y[0] = (float) (acc & 1) * 0.0f;
+        return;
+    }
     axpy_for(down->type)(rows.data(), h + j0, j1 - j0, nblk, 0, nblk, y);
 }
 

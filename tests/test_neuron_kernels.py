@@ -4,6 +4,7 @@ exact top-k of |a| (ties to the lower index) or exactly the threshold's; the out
 for every up type the test models use and every neuron-major down type; with every neuron kept it matches
 ggml's own dense path; the AVX2 and portable kernels agree."""
 
+import json
 import os
 import subprocess
 import sys
@@ -170,14 +171,14 @@ def test_every_neuron_kept_is_ggmls_dense_ffn(up_t):
     np.testing.assert_allclose(y, dense, rtol=2e-5, atol=1e-5 * np.abs(dense).max())
 
 
-def outputs_under(mode: str | None) -> np.ndarray:
-    """Each down type's output for one random case, in a fresh process with SIRIUS_AXPY=mode (read once per
-    process; None: the CPU's best kernels)."""
+def outputs_under(env_var: str, value: str | None) -> tuple[np.ndarray, list, str]:
+    """Each down type's output and kept set for three random cases, in a fresh process with env_var=value (the
+    kernels' switches are read once per process; None: unset), and what the process wrote on stderr."""
     code = r"""
-import numpy as np, sys
+import json, numpy as np, sys
 sys.path.insert(0, %r)
 from test_neuron_kernels import *
-out = []
+out, kept = [], []
 for down_t in DOWN_TYPES:
     for k in (120, 7, N_FF):  # groups of 16 rows with a partial last one; fewer rows than a group; all
         rng = np.random.default_rng(int(down_t) * 1000 + k)
@@ -185,30 +186,49 @@ for down_t in DOWN_TYPES:
         down, _, _ = make_down(down_t, rng)
         x = rng.standard_normal(N_EMBD).astype(np.float32)
         a = rng.standard_normal(N_FF).astype(np.float32)
-        out.append(neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=k)[0])
+        y, ids = neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=k)
+        out.append(y)
+        kept.append(ids)
 np.save(sys.argv[1], np.stack(out))
+json.dump(kept, open(sys.argv[1] + ".json", "w"))
 """ % os.path.dirname(__file__)
     env = dict(os.environ)
-    env.pop("SIRIUS_AXPY", None)
-    if mode:
-        env["SIRIUS_AXPY"] = mode
-    path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{mode}-{os.getpid()}.npy")
-    subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))
+    env.pop(env_var, None)
+    if value:
+        env[env_var] = value
+    path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{value}-{os.getpid()}.npy")
+    run = subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__),
+                         stderr=subprocess.PIPE, text=True)
     try:
-        return np.load(path).reshape(len(DOWN_TYPES), 3, N_EMBD)
+        with open(path + ".json") as f:
+            kept = json.load(f)
+        return np.load(path).reshape(len(DOWN_TYPES), 3, N_EMBD), kept, run.stderr
     finally:
         os.remove(path)
+        os.remove(path + ".json")
 
 
 @pytest.mark.skipif(not X86_AVX2, reason="the AVX2 kernels are the ones compared with the portable ones")
 def test_portable_kernels_agree_with_the_avx2_ones():
     """SIRIUS_AXPY=scalar runs the portable kernels, which ARM and older x86 CPUs use: the same kept sets and,
     within the AVX2 Q4_0 kernel's int8 rounding, the same outputs."""
-    scalar, avx2 = outputs_under("scalar"), outputs_under("avx2")
+    (scalar, kept_s, _), (avx2, kept_v, _) = outputs_under("SIRIUS_AXPY", "scalar"), outputs_under("SIRIUS_AXPY", "avx2")
+    assert kept_s == kept_v
     for i, down_t in enumerate(DOWN_TYPES):
         s, v = scalar[i], avx2[i]
         tol = 0.02 if down_t == QT.Q4_0 else 1e-4
         assert np.abs(s - v).max() <= tol * np.abs(s).max(), (down_t.name, float(np.abs(s - v).max()))
+
+
+def test_loads_only_reads_the_same_rows_and_says_its_outputs_are_meaningless():
+    """SIRIUS_NEURON_KERNELS=loads-only (the measurement of the read ceiling, NOTES "The ceiling with free
+    arithmetic"): the same selection, no arithmetic (y = 0), and a warning on stderr; unset, no warning."""
+    y, kept, err = outputs_under("SIRIUS_NEURON_KERNELS", None)
+    y0, kept0, err0 = outputs_under("SIRIUS_NEURON_KERNELS", "loads-only")
+    assert kept0 == kept and [len(k) for k in kept] == [120, 7, N_FF] * len(DOWN_TYPES)
+    assert np.abs(y).max(axis=-1).min() > 0  # every real output has nonzero values ...
+    assert not y0.any()  # ... and loads-only ones are
+    assert "loads-only" in err0 and "meaningless" in err0 and "loads-only" not in err
 
 
 def test_bad_arguments_are_errors_not_crashes():
