@@ -206,7 +206,8 @@ void neuron_up(ggml_tensor * dst, int ith, int nth, void * userdata) {
 //   Q4_0: the row's nblk fp16 scales d first, then its nblk x 16 bytes of nibbles q (ggml's block_q4_0 fields,
 //         split, so a run of scales is one vector load): x = d * (q - 8), low nibbles first within a block;
 //   Q8_0: ggml's block_q8_0 in order (x = d * q); F16, F32: plain values.
-// Scalar versions first (any CPU; SIRIUS_AXPY=scalar forces them for comparisons), then AVX2 ones.
+// Scalar versions first (any CPU; SIRIUS_AXPY=scalar forces them for comparisons), then AVX2 ones, then Q4_0 on
+// AVX-512 VNNI (SIRIUS_AXPY=avx2 takes the AVX2 one instead).
 struct BlockQ8 { uint16_t d; int8_t qs[32]; };  // ggml's block_q8_0
 static_assert(sizeof(BlockQ8) == 34, "ggml's block_q8_0 layout");
 
@@ -264,6 +265,14 @@ void axpy_f32(const uint8_t * const * rows, const float * h, int64_t n, int64_t,
         }                                                                                                         \
     } while (0)
 
+// Row group j0's R row pointers (a partial last group repeats its last row, whose coefficient is then 0); returns
+// how many rows are real.
+template <int R> inline int64_t group_rows(const uint8_t * const * rows, int64_t j0, int64_t n, const uint8_t * (&rr)[R]) {
+    const int64_t m = std::min<int64_t>(R, n - j0);
+    for (int r = 0; r < R; ++r) rr[r] = rows[j0 + std::min<int64_t>(r, m - 1)];
+    return m;
+}
+
 // One block's float update from its int16 column sums (columns 0-7, 8-15, 16-23, 24-31): acc += (sums - 8 x the
 // sum of the coefficients) x step. (A function, not a lambda: a lambda does not inherit target("avx2").)
 __attribute__((target("avx2,fma,f16c"))) inline void q4_0_update(float * o, __m128i c0_7, __m128i c8_15, __m128i c16_23,
@@ -307,9 +316,8 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
     for (int64_t j = 0; j < std::min<int64_t>(R, n); ++j) SIRIUS_FETCH_ROW(j);
     const int64_t steps = std::max<int64_t>(nbp, 1);
     for (int64_t j0 = 0; j0 < n; j0 += R) {
-        const int64_t m = std::min<int64_t>(R, n - j0);
         const uint8_t * rr[R];
-        for (int r = 0; r < R; ++r) rr[r] = rows[j0 + std::min<int64_t>(r, m - 1)];  // padding rows: coefficient 0
+        const int64_t m = group_rows(rows, j0, n, rr);
         // 1. g = h * d and each block's largest |g|
         std::fill(gmax.begin(), gmax.end(), 0.0f);
         for (int r = 0; r < R; ++r) {
@@ -404,6 +412,96 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
     }
 }
 
+// The same products with AVX-512 VNNI: one vpdpbusd adds four rows' products per column (16 columns per
+// instruction, int32 lanes), so each block takes, per quad of rows, one 64-byte gather of the four rows' 16 bytes
+// of nibbles, a byte permutation (vpermb) that puts a column's four nibbles in one lane, and two vpdpbusd (low
+// nibbles: columns 0-15, high: 16-31) against the quad's four int8 coefficients broadcast. The int8 coefficients,
+// integer sums and float update are the AVX2 kernel's (the sums are exact in both), so the outputs are
+// bit-identical to it; it does about half the AVX2 kernel's instructions per row, and down's arithmetic, not its
+// reads, is what a per-token step waits on (NOTES, "The ceiling with free arithmetic").
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"  // GCC 12's AVX-512 headers (_mm512_undefined_*), a false alarm
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,f16c"))) void axpy_q4_0_vnni(
+    const uint8_t * const * rows, const float * h, int64_t n, int64_t nblk, int64_t b0, int64_t nb, float * acc) {
+    constexpr int R = kRowGroup, Q = R / 4;
+    thread_local std::vector<float> g, gmax;
+    thread_local std::vector<int32_t> qi, gsum, w4;  // w4[b * Q + t]: quad t's four int8 coefficients for block b
+    const int64_t nb16 = (nb + 15) / 16 * 16;  // padded to whole vectors
+    g.resize((size_t) R * nb16);
+    qi.resize((size_t) R * nb16);
+    gmax.resize(nb16);
+    gsum.resize(nb16);
+    w4.resize((size_t) nb16 * Q);
+    const __m512i m4 = _mm512_set1_epi8(0x0f), m8 = _mm512_set1_epi32(0xff);
+    // out byte 4c + k = in byte 16k + c: column c's nibbles from the quad's rows k = 0..3
+    alignas(64) int8_t perm[64];
+    for (int c = 0; c < 16; ++c) {
+        for (int k = 0; k < 4; ++k) perm[4 * c + k] = (int8_t) (16 * k + c);
+    }
+    const __m512i idx = _mm512_load_si512(perm);
+    const size_t d_off = 2 * (size_t) b0, q_off = 2 * (size_t) nblk + 16 * (size_t) b0;
+    for (int64_t j = 0; j < std::min<int64_t>(R, n); ++j) SIRIUS_FETCH_ROW(j);
+    for (int64_t j0 = 0; j0 < n; j0 += R) {
+        const uint8_t * rr[R];
+        const int64_t m = group_rows(rows, j0, n, rr);
+        // 1. g = h * d and each block's largest |g| (as the AVX2 kernel)
+        std::fill(gmax.begin(), gmax.end(), 0.0f);
+        for (int r = 0; r < R; ++r) {
+            const float hr = r < m ? h[j0 + r] : 0.0f;
+            const uint16_t * d = reinterpret_cast<const uint16_t *>(rr[r] + d_off);
+            float * gr = g.data() + (size_t) r * nb16;
+            for (int64_t b = 0; b < nb16; b += 16) {
+                const __mmask16 k = (__mmask16) (nb - b >= 16 ? 0xffff : (1u << (nb - b)) - 1);
+                const __m512 v = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, d + b)), _mm512_set1_ps(hr));
+                _mm512_storeu_ps(gr + b, v);
+                _mm512_storeu_ps(gmax.data() + b, _mm512_max_ps(_mm512_loadu_ps(gmax.data() + b), _mm512_abs_ps(v)));
+            }
+        }
+        // 2. int8 coefficients, their sums per block, each block's step; the quads' packed coefficients
+        for (int64_t b = 0; b < nb16; b += 16) {
+            const __m512 mx = _mm512_loadu_ps(gmax.data() + b);
+            const __mmask16 pos = _mm512_cmp_ps_mask(mx, _mm512_setzero_ps(), _CMP_GT_OQ);
+            const __m512 inv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(127.0f), mx);
+            __m512i sum = _mm512_setzero_si512(), quad = _mm512_setzero_si512();
+            for (int r = 0; r < R; ++r) {
+                const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(g.data() + (size_t) r * nb16 + b), inv));
+                sum = _mm512_add_epi32(sum, q);
+                quad = _mm512_or_si512(quad, _mm512_slli_epi32(_mm512_and_si512(q, m8), 8 * (r % 4)));
+                if (r % 4 == 3) {
+                    alignas(64) int32_t v[16];
+                    _mm512_store_si512(v, quad);
+                    for (int i = 0; i < 16; ++i) w4[(size_t) (b + i) * Q + r / 4] = v[i];
+                    quad = _mm512_setzero_si512();
+                }
+            }
+            _mm512_storeu_si512(gsum.data() + b, sum);
+            _mm512_storeu_ps(gmax.data() + b, _mm512_mul_ps(mx, _mm512_set1_ps(1.0f / 127.0f)));  // now the step
+        }
+        // 3. per block: the 16 rows' products in int32, then the float update (the next group's rows fetched
+        //    meanwhile, spread over the blocks)
+        for (int64_t b = 0; b < nb; ++b) {
+            for (int64_t r = R * b / nb; r < R * (b + 1) / nb; ++r) SIRIUS_FETCH_ROW(j0 + R + r);
+            __m512i slo = _mm512_setzero_si512(), shi = _mm512_setzero_si512();
+            for (int t = 0; t < Q; ++t) {
+                const size_t o = q_off + 16 * (size_t) b;
+                __m512i z = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t] + o)));
+                z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 1] + o)), 1);
+                z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 2] + o)), 2);
+                z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 3] + o)), 3);
+                const __m512i wv = _mm512_set1_epi32(w4[(size_t) b * Q + t]);
+                slo = _mm512_dpbusd_epi32(slo, _mm512_permutexvar_epi8(idx, _mm512_and_si512(z, m4)), wv);
+                shi = _mm512_dpbusd_epi32(shi, _mm512_permutexvar_epi8(idx, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4)), wv);
+            }
+            const __m512i bias = _mm512_set1_epi32(-8 * gsum[b]);
+            const __m512 st = _mm512_set1_ps(gmax[b]);
+            float * o = acc + b * 32;
+            _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(slo, bias)), st, _mm512_loadu_ps(o)));
+            _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(shi, bias)), st, _mm512_loadu_ps(o + 16)));
+        }
+    }
+}
+#pragma GCC diagnostic pop
+
 #undef SIRIUS_FETCH_ROW
 
 // Q8_0 in float: four rows at a time, so each 32-float block of acc is loaded and stored once per four rows.
@@ -457,16 +555,23 @@ bool has_avx2() {
     static const bool v = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     return v;
 }
+
+bool has_avx512_vnni() {
+    static const bool v = has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vnni");
+    return v;
+}
 #endif
 
 using AxpyFn = void (*)(const uint8_t * const *, const float *, int64_t, int64_t, int64_t, int64_t, float *);
 
 AxpyFn axpy_for(ggml_type t) {
 #ifdef SIRIUS_X86
-    static const bool scalar = [] {
-        const char * v = getenv("SIRIUS_AXPY");
-        return v && strcmp(v, "scalar") == 0;
-    }();
+    // SIRIUS_AXPY=scalar | avx2 (comparisons): the portable kernels, or AVX2 where AVX-512 VNNI would be taken
+    static const char * forced = getenv("SIRIUS_AXPY");
+    static const bool scalar = forced && strcmp(forced, "scalar") == 0;
+    static const bool vnni = has_avx512_vnni() && !(forced && strcmp(forced, "avx2") == 0);
+    if (vnni && !scalar && t == GGML_TYPE_Q4_0) return axpy_q4_0_vnni;
     if (has_avx2() && !scalar) {
         switch (t) {
             case GGML_TYPE_Q4_0: return axpy_q4_0_avx2;
