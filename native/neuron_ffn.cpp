@@ -425,10 +425,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,
     const uint8_t * const * rows, const float * h, int64_t n, int64_t nblk, int64_t b0, int64_t nb, float * acc) {
     constexpr int R = kRowGroup, Q = R / 4;
     thread_local std::vector<float> g, gmax;
-    thread_local std::vector<int32_t> qi, gsum, w4;  // w4[b * Q + t]: quad t's four int8 coefficients for block b
+    thread_local std::vector<int32_t> gsum, w4;  // w4[t * nb16 + b]: quad t's four int8 coefficients for block b
     const int64_t nb16 = (nb + 15) / 16 * 16;  // padded to whole vectors
     g.resize((size_t) R * nb16);
-    qi.resize((size_t) R * nb16);
     gmax.resize(nb16);
     gsum.resize(nb16);
     w4.resize((size_t) nb16 * Q);
@@ -468,9 +467,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,
                 sum = _mm512_add_epi32(sum, q);
                 quad = _mm512_or_si512(quad, _mm512_slli_epi32(_mm512_and_si512(q, m8), 8 * (r % 4)));
                 if (r % 4 == 3) {
-                    alignas(64) int32_t v[16];
-                    _mm512_store_si512(v, quad);
-                    for (int i = 0; i < 16; ++i) w4[(size_t) (b + i) * Q + r / 4] = v[i];
+                    _mm512_storeu_si512(w4.data() + (size_t) (r / 4) * nb16 + b, quad);
                     quad = _mm512_setzero_si512();
                 }
             }
@@ -488,7 +485,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,
                 z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 1] + o)), 1);
                 z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 2] + o)), 2);
                 z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 3] + o)), 3);
-                const __m512i wv = _mm512_set1_epi32(w4[(size_t) b * Q + t]);
+                const __m512i wv = _mm512_set1_epi32(w4[(size_t) t * nb16 + b]);
                 slo = _mm512_dpbusd_epi32(slo, _mm512_permutexvar_epi8(idx, _mm512_and_si512(z, m4)), wv);
                 shi = _mm512_dpbusd_epi32(shi, _mm512_permutexvar_epi8(idx, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4)), wv);
             }
