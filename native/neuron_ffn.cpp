@@ -286,6 +286,56 @@ __attribute__((target("avx2,fma,f16c"))) inline void q4_0_update(float * o, __m1
     }
 }
 
+// Both Q4_0 kernels' coefficients for one row group (rr, with h its rows' coefficients; rows past m are padding):
+// per block b of nb (padded with zeros to nb8, a multiple of 8), g[r] = h[r] * d[r][b] rounded to int8 against the
+// group's largest |g| (qi[r * nb8 + b]), their sum gsum[b], and the rounding step (the largest |g| / 127).
+struct Q4_0Coefficients {
+    int64_t nb8 = 0;
+    std::vector<float> g, step;
+    std::vector<int32_t> qi, gsum;
+};
+
+__attribute__((target("avx2,fma,f16c"))) inline void q4_0_coefficients(const uint8_t * const (&rr)[kRowGroup], const float * h,
+                                                                        int64_t m, size_t d_off, int64_t nb, Q4_0Coefficients & c) {
+    constexpr int R = kRowGroup;
+    const int64_t nb8 = c.nb8 = (nb + 7) / 8 * 8;
+    c.g.resize((size_t) R * nb8);
+    c.qi.resize((size_t) R * nb8);
+    c.step.assign(nb8, 0.0f);  // first each block's largest |g|
+    c.gsum.resize(nb8);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    float * gmax = c.step.data();
+    for (int r = 0; r < R; ++r) {
+        const float hr = r < m ? h[r] : 0.0f;
+        const uint16_t * d = reinterpret_cast<const uint16_t *>(rr[r] + d_off);
+        float * gr = c.g.data() + (size_t) r * nb8;
+        int64_t b = 0;
+        for (; b + 8 <= nb; b += 8) {
+            const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(d + b))), _mm256_set1_ps(hr));
+            _mm256_storeu_ps(gr + b, v);
+            _mm256_storeu_ps(gmax + b, _mm256_max_ps(_mm256_loadu_ps(gmax + b), _mm256_andnot_ps(sign, v)));
+        }
+        for (; b < nb; ++b) {
+            const float v = hr * _cvtsh_ss(d[b]);
+            gr[b] = v;
+            gmax[b] = std::max(gmax[b], std::fabs(v));
+        }
+        std::fill(gr + nb, gr + nb8, 0.0f);
+    }
+    for (int64_t b = 0; b < nb8; b += 8) {
+        const __m256 mx = _mm256_loadu_ps(gmax + b);
+        const __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(127.0f), mx), _mm256_cmp_ps(mx, _mm256_setzero_ps(), _CMP_GT_OQ));
+        __m256i sum = _mm256_setzero_si256();
+        for (int r = 0; r < R; ++r) {
+            const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(c.g.data() + (size_t) r * nb8 + b), inv));
+            _mm256_storeu_si256(reinterpret_cast<__m256i *>(c.qi.data() + (size_t) r * nb8 + b), q);
+            sum = _mm256_add_epi32(sum, q);
+        }
+        _mm256_storeu_si256(reinterpret_cast<__m256i *>(c.gsum.data() + b), sum);
+        _mm256_storeu_ps(gmax + b, _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / 127.0f)));  // now the step
+    }
+}
+
 // Q4_0 in integer arithmetic, as ggml's own Q4_0 x Q8_0 dot product works: per group of kRowGroup = 16 rows and
 // block b, the coefficients g[r] = h[r] * d[r][b] are rounded to int8 against the group's largest |g| (ggml rounds the
 // activations of a dense product to int8 per 32 values in the same way), and each pair of rows is one
@@ -296,19 +346,12 @@ __attribute__((target("avx2,fma,f16c"))) inline void q4_0_update(float * o, __m1
 __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * const * rows, const float * h, int64_t n,
                                                              int64_t nblk, int64_t b0, int64_t nb, float * acc) {
     constexpr int R = kRowGroup, P = R / 2;
-    thread_local std::vector<float> g, gmax;
-    thread_local std::vector<int32_t> qi, gsum;
+    thread_local Q4_0Coefficients c;
     thread_local std::vector<uint8_t> w;  // per pair of blocks and pair of rows: the maddubs operand, 32 bytes
-    const int64_t nb8 = (nb + 7) / 8 * 8;  // padded to whole vectors
     const int64_t nbp = nb / 2;           // pairs of blocks; an odd last block goes alone
-    g.resize((size_t) R * nb8);
-    qi.resize((size_t) R * nb8);
-    gmax.resize(nb8);
-    gsum.resize(nb8);
     w.resize((size_t) (nbp + 1) * P * 32);
     const __m128i m4 = _mm_set1_epi8(0x0f);
     const __m256i m4w = _mm256_set1_epi8(0x0f), m8 = _mm256_set1_epi32(0xff);
-    const __m256 sign = _mm256_set1_ps(-0.0f);
     const size_t d_off = 2 * (size_t) b0, q_off = 2 * (size_t) nblk + 16 * (size_t) b0;
     // Prefetch (into L2): the next group's rows, row after row, spread over this group's pairs of blocks (without
     // it the kernel takes ~2x as long: its 16 rows are read 16 bytes of each in turn, too short a run for the
@@ -318,42 +361,15 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
     for (int64_t j0 = 0; j0 < n; j0 += R) {
         const uint8_t * rr[R];
         const int64_t m = group_rows(rows, j0, n, rr);
-        // 1. g = h * d and each block's largest |g|
-        std::fill(gmax.begin(), gmax.end(), 0.0f);
-        for (int r = 0; r < R; ++r) {
-            const float hr = r < m ? h[j0 + r] : 0.0f;
-            const uint16_t * d = reinterpret_cast<const uint16_t *>(rr[r] + d_off);
-            float * gr = g.data() + (size_t) r * nb8;
-            int64_t b = 0;
-            for (; b + 8 <= nb; b += 8) {
-                const __m256 v = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i *>(d + b))), _mm256_set1_ps(hr));
-                _mm256_storeu_ps(gr + b, v);
-                _mm256_storeu_ps(gmax.data() + b, _mm256_max_ps(_mm256_loadu_ps(gmax.data() + b), _mm256_andnot_ps(sign, v)));
-            }
-            for (; b < nb; ++b) {
-                const float v = hr * _cvtsh_ss(d[b]);
-                gr[b] = v;
-                gmax[b] = std::max(gmax[b], std::fabs(v));
-            }
-            std::fill(gr + nb, gr + nb8, 0.0f);
-        }
-        // 2. int8 coefficients and their sums per block; each block's step
-        for (int64_t b = 0; b < nb8; b += 8) {
-            const __m256 mx = _mm256_loadu_ps(gmax.data() + b);
-            const __m256 inv = _mm256_and_ps(_mm256_div_ps(_mm256_set1_ps(127.0f), mx), _mm256_cmp_ps(mx, _mm256_setzero_ps(), _CMP_GT_OQ));
-            __m256i sum = _mm256_setzero_si256();
-            for (int r = 0; r < R; ++r) {
-                const __m256i q = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(g.data() + (size_t) r * nb8 + b), inv));
-                _mm256_storeu_si256(reinterpret_cast<__m256i *>(qi.data() + (size_t) r * nb8 + b), q);
-                sum = _mm256_add_epi32(sum, q);
-            }
-            _mm256_storeu_si256(reinterpret_cast<__m256i *>(gsum.data() + b), sum);
-            _mm256_storeu_ps(gmax.data() + b, _mm256_mul_ps(mx, _mm256_set1_ps(1.0f / 127.0f)));  // now the step
-        }
+        // 1-2. the int8 coefficients, their sums and each block's step
+        q4_0_coefficients(rr, h + j0, m, d_off, nb, c);
+        const int64_t nb8 = c.nb8;
+        const int32_t * qi = c.qi.data(), * gsum = c.gsum.data();
+        const float * gmax = c.step.data();
         // 3. the maddubs operands: for pair of rows p and pair of blocks bp, pair p's two int8 coefficients 8 times
         //    for block 2 bp (low 128 bits), then 8 times for block 2 bp + 1 (high); an odd last block's in both halves
         for (int p = 0; p < P; ++p) {
-            const int32_t * q1 = qi.data() + (size_t) (2 * p) * nb8, * q2 = qi.data() + (size_t) (2 * p + 1) * nb8;
+            const int32_t * q1 = qi + (size_t) (2 * p) * nb8, * q2 = qi + (size_t) (2 * p + 1) * nb8;
             alignas(32) int32_t v[8];
             for (int64_t b = 0; b < nb; b += 8) {
                 const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(q1 + b));
@@ -424,18 +440,14 @@ __attribute__((target("avx2,fma,f16c"))) void axpy_q4_0_avx2(const uint8_t * con
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,f16c"))) void axpy_q4_0_vnni(
     const uint8_t * const * rows, const float * h, int64_t n, int64_t nblk, int64_t b0, int64_t nb, float * acc) {
     constexpr int R = kRowGroup, Q = R / 4;
-    thread_local std::vector<float> g, gmax;
-    thread_local std::vector<int32_t> gsum, w4;  // w4[t * nb16 + b]: quad t's four int8 coefficients for block b
-    const int64_t nb16 = (nb + 15) / 16 * 16;  // padded to whole vectors
-    g.resize((size_t) R * nb16);
-    gmax.resize(nb16);
-    gsum.resize(nb16);
-    w4.resize((size_t) nb16 * Q);
-    const __m512i m4 = _mm512_set1_epi8(0x0f), m8 = _mm512_set1_epi32(0xff);
+    thread_local Q4_0Coefficients c;
+    thread_local std::vector<int32_t> w4;  // w4[t * nb8 + b]: quad t's four int8 coefficients for block b
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    const __m256i m8 = _mm256_set1_epi32(0xff);
     // out byte 4c + k = in byte 16k + c: column c's nibbles from the quad's rows k = 0..3
     alignas(64) int8_t perm[64];
-    for (int c = 0; c < 16; ++c) {
-        for (int k = 0; k < 4; ++k) perm[4 * c + k] = (int8_t) (16 * k + c);
+    for (int col = 0; col < 16; ++col) {
+        for (int k = 0; k < 4; ++k) perm[4 * col + k] = (int8_t) (16 * k + col);
     }
     const __m512i idx = _mm512_load_si512(perm);
     const size_t d_off = 2 * (size_t) b0, q_off = 2 * (size_t) nblk + 16 * (size_t) b0;
@@ -443,36 +455,22 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,
     for (int64_t j0 = 0; j0 < n; j0 += R) {
         const uint8_t * rr[R];
         const int64_t m = group_rows(rows, j0, n, rr);
-        // 1. g = h * d and each block's largest |g| (as the AVX2 kernel)
-        std::fill(gmax.begin(), gmax.end(), 0.0f);
-        for (int r = 0; r < R; ++r) {
-            const float hr = r < m ? h[j0 + r] : 0.0f;
-            const uint16_t * d = reinterpret_cast<const uint16_t *>(rr[r] + d_off);
-            float * gr = g.data() + (size_t) r * nb16;
-            for (int64_t b = 0; b < nb16; b += 16) {
-                const __mmask16 k = (__mmask16) (nb - b >= 16 ? 0xffff : (1u << (nb - b)) - 1);
-                const __m512 v = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, d + b)), _mm512_set1_ps(hr));
-                _mm512_storeu_ps(gr + b, v);
-                _mm512_storeu_ps(gmax.data() + b, _mm512_max_ps(_mm512_loadu_ps(gmax.data() + b), _mm512_abs_ps(v)));
-            }
-        }
-        // 2. int8 coefficients, their sums per block, each block's step; the quads' packed coefficients
-        for (int64_t b = 0; b < nb16; b += 16) {
-            const __m512 mx = _mm512_loadu_ps(gmax.data() + b);
-            const __mmask16 pos = _mm512_cmp_ps_mask(mx, _mm512_setzero_ps(), _CMP_GT_OQ);
-            const __m512 inv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(127.0f), mx);
-            __m512i sum = _mm512_setzero_si512(), quad = _mm512_setzero_si512();
-            for (int r = 0; r < R; ++r) {
-                const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(g.data() + (size_t) r * nb16 + b), inv));
-                sum = _mm512_add_epi32(sum, q);
-                quad = _mm512_or_si512(quad, _mm512_slli_epi32(_mm512_and_si512(q, m8), 8 * (r % 4)));
-                if (r % 4 == 3) {
-                    _mm512_storeu_si512(w4.data() + (size_t) (r / 4) * nb16 + b, quad);
-                    quad = _mm512_setzero_si512();
+        // 1-2. the int8 coefficients, their sums and each block's step (the AVX2 kernel's), then each quad's four
+        //      packed in a 32-bit value
+        q4_0_coefficients(rr, h + j0, m, d_off, nb, c);
+        const int64_t nb8 = c.nb8;
+        const int32_t * gsum = c.gsum.data();
+        const float * step = c.step.data();
+        w4.resize((size_t) Q * nb8);
+        for (int t = 0; t < Q; ++t) {
+            for (int64_t b = 0; b < nb8; b += 8) {
+                __m256i quad = _mm256_setzero_si256();
+                for (int k = 0; k < 4; ++k) {
+                    const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i *>(c.qi.data() + (size_t) (4 * t + k) * nb8 + b));
+                    quad = _mm256_or_si256(quad, _mm256_slli_epi32(_mm256_and_si256(q, m8), 8 * k));
                 }
+                _mm256_storeu_si256(reinterpret_cast<__m256i *>(w4.data() + (size_t) t * nb8 + b), quad);
             }
-            _mm512_storeu_si512(gsum.data() + b, sum);
-            _mm512_storeu_ps(gmax.data() + b, _mm512_mul_ps(mx, _mm512_set1_ps(1.0f / 127.0f)));  // now the step
         }
         // 3. per block: the 16 rows' products in int32, then the float update (the next group's rows fetched
         //    meanwhile, spread over the blocks)
@@ -485,12 +483,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi,avx512vnni,avx2,fma,
                 z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 1] + o)), 1);
                 z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 2] + o)), 2);
                 z = _mm512_inserti32x4(z, _mm_loadu_si128(reinterpret_cast<const __m128i *>(rr[4 * t + 3] + o)), 3);
-                const __m512i wv = _mm512_set1_epi32(w4[(size_t) t * nb16 + b]);
+                const __m512i wv = _mm512_set1_epi32(w4[(size_t) t * nb8 + b]);
                 slo = _mm512_dpbusd_epi32(slo, _mm512_permutexvar_epi8(idx, _mm512_and_si512(z, m4)), wv);
                 shi = _mm512_dpbusd_epi32(shi, _mm512_permutexvar_epi8(idx, _mm512_and_si512(_mm512_srli_epi16(z, 4), m4)), wv);
             }
             const __m512i bias = _mm512_set1_epi32(-8 * gsum[b]);
-            const __m512 st = _mm512_set1_ps(gmax[b]);
+            const __m512 st = _mm512_set1_ps(step[b]);
             float * o = acc + b * 32;
             _mm512_storeu_ps(o, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(slo, bias)), st, _mm512_loadu_ps(o)));
             _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(shi, bias)), st, _mm512_loadu_ps(o + 16)));
