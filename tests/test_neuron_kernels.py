@@ -171,41 +171,45 @@ def test_every_neuron_kept_is_ggmls_dense_ffn(up_t):
     np.testing.assert_allclose(y, dense, rtol=2e-5, atol=1e-5 * np.abs(dense).max())
 
 
-def outputs_under(env_var: str, value: str | None) -> tuple[np.ndarray, list, str]:
-    """Each down type's output and kept set for three random cases, in a fresh process with env_var=value (the
-    kernels' switches are read once per process; None: unset), and what the process wrote on stderr."""
-    code = r"""
-import json, numpy as np, sys
-sys.path.insert(0, %r)
-from test_neuron_kernels import *
-out, kept = [], []
-for down_t in DOWN_TYPES:
-    for k in (120, 7, N_FF):  # groups of 16 rows with a partial last one; fewer rows than a group; all
-        rng = np.random.default_rng(int(down_t) * 1000 + k)
-        up, _ = make_up(QT.Q4_K, rng)
-        down, _, _ = make_down(down_t, rng)
-        x = rng.standard_normal(N_EMBD).astype(np.float32)
-        a = rng.standard_normal(N_FF).astype(np.float32)
-        y, ids = neuron_ffn(QT.Q4_K, up, down_t, down, a, x, k=k)
-        out.append(y)
-        kept.append(ids)
-np.save(sys.argv[1], np.stack(out))
-json.dump(kept, open(sys.argv[1] + ".json", "w"))
-""" % os.path.dirname(__file__)
+def in_fresh_process(body: str, env_var: str, value: str | None) -> tuple[np.ndarray, list, str]:
+    """Run body (Python with this module as T, appending arrays to `out` and anything JSON to `kept`) in a fresh
+    process with env_var=value (None: unset), since the kernels' switches are read once per process: the arrays
+    flattened and concatenated, `kept`, and what the process wrote on stderr."""
+    code = ("import json, numpy as np, sys\nsys.path.insert(0, %r)\nimport test_neuron_kernels as T\nout, kept = [], []\n"
+            % os.path.dirname(__file__) + body +
+            "\nnp.save(sys.argv[1], np.concatenate([np.ravel(o) for o in out]))\njson.dump(kept, open(sys.argv[1] + '.json', 'w'))\n")
     env = dict(os.environ)
     env.pop(env_var, None)
     if value:
         env[env_var] = value
-    path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{value}-{os.getpid()}.npy")
+    path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"neuron-{env_var}-{value}-{os.getpid()}.npy")
     run = subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__),
                          stderr=subprocess.PIPE, text=True)
     try:
         with open(path + ".json") as f:
             kept = json.load(f)
-        return np.load(path).reshape(len(DOWN_TYPES), 3, N_EMBD), kept, run.stderr
+        return np.load(path), kept, run.stderr
     finally:
         os.remove(path)
         os.remove(path + ".json")
+
+
+def outputs_under(env_var: str, value: str | None) -> tuple[np.ndarray, list, str]:
+    """Each down type's output and kept set for three random cases, in a fresh process with env_var=value, and
+    what the process wrote on stderr."""
+    out, kept, err = in_fresh_process("""
+for down_t in T.DOWN_TYPES:
+    for k in (120, 7, T.N_FF):  # groups of 16 rows with a partial last one; fewer rows than a group; all
+        rng = np.random.default_rng(int(down_t) * 1000 + k)
+        up, _ = T.make_up(T.QT.Q4_K, rng)
+        down, _, _ = T.make_down(down_t, rng)
+        x = rng.standard_normal(T.N_EMBD).astype(np.float32)
+        a = rng.standard_normal(T.N_FF).astype(np.float32)
+        y, ids = T.neuron_ffn(T.QT.Q4_K, up, down_t, down, a, x, k=k)
+        out.append(y)
+        kept.append(ids)
+""", env_var, value)
+    return out.reshape(len(DOWN_TYPES), 3, N_EMBD), kept, err
 
 
 @pytest.mark.skipif(not X86_AVX2, reason="the AVX2 kernels are the ones compared with the portable ones")
@@ -223,11 +227,7 @@ def test_portable_kernels_agree_with_the_avx2_ones():
 def q4_0_outputs(axpy: str | None) -> np.ndarray:
     """The Q4_0 down kernel's outputs over odd and even block counts (3, 17, 48 blocks of 32), partial and whole
     row groups and 1-3 threads, in a fresh process with SIRIUS_AXPY=axpy (None: the CPU's best kernel)."""
-    code = r"""
-import numpy as np, sys
-sys.path.insert(0, %r)
-import test_neuron_kernels as T
-out = []
+    return in_fresh_process("""
 for T.N_EMBD in (96, 544, 1536):
     for T.N_FF in (37, 200):
         rng = np.random.default_rng(T.N_EMBD + T.N_FF)
@@ -238,18 +238,7 @@ for T.N_EMBD in (96, 544, 1536):
         for k in (1, 17, T.N_FF // 2, T.N_FF):
             for threads in (1, 3):
                 out.append(T.neuron_ffn(T.QT.Q8_0, up, T.QT.Q4_0, down, a, x, k=k, threads=threads)[0])
-np.save(sys.argv[1], np.concatenate(out))
-""" % os.path.dirname(__file__)
-    env = dict(os.environ)
-    env.pop("SIRIUS_AXPY", None)
-    if axpy:
-        env["SIRIUS_AXPY"] = axpy
-    path = os.path.join(os.environ.get("PYTEST_TMPDIR", "/tmp"), f"q4_0-{axpy}-{os.getpid()}.npy")
-    subprocess.run([sys.executable, "-c", code, path], check=True, env=env, cwd=os.path.dirname(__file__))
-    try:
-        return np.load(path)
-    finally:
-        os.remove(path)
+""", "SIRIUS_AXPY", axpy)[0]
 
 
 @pytest.mark.skipif(not (X86_AVX2 and all(cpu_has(f) for f in ("avx512f", "avx512bw", "avx512vl", "avx512vbmi",
